@@ -1,0 +1,113 @@
+"""Datasets, DataLoaders and batches in Captum's conventions.
+
+A batch is
+
+* a tuple/list whose last element is the label tensor (Captum: ``model(*batch[:-1])``);
+  a one-element tuple holds inputs only;
+* a Mapping (Hugging Face): ``labels`` (or ``label``) is the label, the rest are keyword
+  inputs (``model(**rest)``);
+* a bare Tensor: inputs without labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from ._inputs import LABEL_KEYS, ModelInputs
+
+
+def split_batch(batch: Any, name: str = "batch") -> tuple[ModelInputs, Tensor | None]:
+    r"""Separates a batch into model inputs and labels.
+
+    Returns:
+        (ModelInputs, Tensor or None): the inputs and the (B,) labels, if any.
+    """
+    if isinstance(batch, Tensor):
+        return ModelInputs.from_user(batch, name), None
+    if isinstance(batch, Mapping):
+        labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        return ModelInputs.from_user(inputs, name), _as_label_tensor(labels)
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 0:
+            raise ValueError(f"{name} is an empty tuple.")
+        if len(batch) == 1:
+            return ModelInputs.from_user(tuple(batch), name), None
+        return ModelInputs.from_user(tuple(batch[:-1]), name), _as_label_tensor(batch[-1])
+    raise TypeError(
+        f"{name} must be a Tensor, a tuple (inputs..., labels) or a Mapping with keyword inputs "
+        f"and 'labels'; got {type(batch).__name__}."
+    )
+
+
+def _as_label_tensor(labels: Any) -> Tensor | None:
+    if labels is None:
+        return None
+    return torch.as_tensor(labels).reshape(-1)
+
+
+def as_loader(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
+    """A DataLoader over ``data`` in a fixed order (a DataLoader is used as is)."""
+    if isinstance(data, DataLoader):
+        if isinstance(data.sampler, RandomSampler):
+            raise ValueError(
+                "The DataLoader shuffles, so example indices would change between passes; "
+                "build it with shuffle=False."
+            )
+        return data
+    if isinstance(data, Dataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    return data
+
+
+def pad_concat(parts: list[ModelInputs]) -> ModelInputs:
+    r"""Concatenates batches; keyword (N, T) integer tensors are right-padded with 0 to the
+    longest T (padding is trimmed again per block before the model sees it)."""
+    if len(parts) == 1:
+        return parts[0]
+    kwargs = {}
+    for key in parts[0].kwargs:
+        tensors = [p.kwargs[key] for p in parts]
+        if tensors[0].dim() == 2 and not tensors[0].is_floating_point():
+            length = max(t.shape[1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, length - t.shape[1])) for t in tensors]
+        kwargs[key] = torch.cat(tensors)
+    args = tuple(torch.cat([p.args[i] for p in parts]) for i in range(len(parts[0].args)))
+    return ModelInputs(args, kwargs)
+
+
+def collect(
+    data: Any, batch_size: int, name: str = "train_dataset"
+) -> tuple[ModelInputs, Tensor | None]:
+    r"""Reads a whole Dataset / DataLoader / batch into memory (inputs, not gradients).
+
+    Args:
+        data: a Dataset, a DataLoader, an iterable of batches or a single batch (Tensor,
+                tuple or Mapping).
+        batch_size (int): DataLoader batch size for a Dataset.
+        name (str): name for error messages.
+
+    Returns:
+        (ModelInputs, Tensor or None): all N inputs and the (N,) labels (None if the
+        batches carry none).
+    """
+    if isinstance(data, (Tensor, tuple, list, Mapping)):
+        return split_batch(data, name)
+    inputs, labels = [], []
+    for i, batch in enumerate(as_loader(data, batch_size)):
+        x, y = split_batch(batch, f"{name} batch {i}")
+        if i > 0:
+            inputs[0].check_compatible(x, (f"{name} batch 0", f"{name} batch {i}"))
+        inputs.append(x)
+        labels.append(y)
+    if not inputs:
+        raise ValueError(f"{name} is empty; pass at least one example.")
+    has = [y is not None for y in labels]
+    if any(has) and not all(has):
+        raise ValueError(f"Some batches of {name} carry labels and some do not.")
+    return pad_concat(inputs), (torch.cat(labels) if all(has) else None)

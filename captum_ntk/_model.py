@@ -1,0 +1,298 @@
+"""A model seen as a pure function of (parameters, one example) -> logits.
+
+:class:`ModelFunction` owns detached copies of the model's parameters and buffers (on
+the compute device, in the compute dtype) and evaluates the model through
+``torch.func.functional_call``, so the caller's model is never modified. Per-example
+Jacobians come from ``vmap`` over ``jacrev`` (all logits) or ``grad`` (sum of logits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+from . import hf
+from ._inputs import ModelInputs
+from .parameters import resolve_modules, select_parameters
+
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def stochastic_train_mode_modules(model: nn.Module) -> list[str]:
+    r"""Names of modules whose train mode makes the model random or batch-dependent.
+
+    BatchNorm in train mode normalises with batch statistics (and updates running stats
+    in place), dropout in train mode is random: neither function has an NTK per example.
+    """
+    found = []
+    for name, m in model.named_modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            found.append(f"{name or '<root>'} ({type(m).__name__})")
+        elif isinstance(m, _DROPOUT_TYPES) and m.p > 0:
+            found.append(f"{name or '<root>'} ({type(m).__name__}, p={m.p})")
+        elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+            found.append(f"{name or '<root>'} (MultiheadAttention, dropout={m.dropout})")
+    return found
+
+
+@contextlib.contextmanager
+def eval_mode_of(model: nn.Module) -> Iterator[None]:
+    """Puts ``model`` in eval mode and restores every module's ``training`` flag afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def check_mode(model: nn.Module, eval_mode: bool) -> contextlib.AbstractContextManager:
+    r"""Refuses models whose train mode makes the function random or batch-dependent.
+
+    Args:
+        model (nn.Module): the model.
+        eval_mode (bool): if True, evaluate the eval-mode function instead (the model's
+                flags are restored afterwards).
+
+    Returns:
+        A context manager to run the computation in.
+    """
+    if eval_mode:
+        return eval_mode_of(model)
+    offending = stochastic_train_mode_modules(model)
+    if offending:
+        raise RuntimeError(
+            "The model is in train mode with BatchNorm or dropout: "
+            + ", ".join(offending[:5])
+            + (" ..." if len(offending) > 5 else "")
+            + ". Its output is random or depends on the batch, so it has no per-example NTK. "
+            "Call model.eval() first, or pass eval_mode=True to compute the kernel of the "
+            "eval-mode function (the model's flags are restored afterwards)."
+        )
+    return contextlib.nullcontext()
+
+
+def extract_logits(out: Any) -> Tensor:
+    """The logits tensor of a model output (a Tensor or an object with ``.logits``)."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(
+        f"The model returned {type(out).__name__}; expected a logits Tensor of shape (B, C) or "
+        "(B,), or an output object with a `.logits` attribute."
+    )
+
+
+class ModelFunction:
+    r"""The model as a function of its selected parameters.
+
+    Args:
+        model (nn.Module): the classifier; returns logits (B, C), (B,) or an object with
+                ``.logits``.
+        layers (sequence of str, optional): modules whose parameters count (see
+                :func:`captum_ntk.select_parameters`). Default: all trainable ones.
+        device (torch.device, optional): compute device. Default: the model's.
+        dtype (torch.dtype, optional): compute dtype. Default: the model's parameter dtype.
+        differentiate (bool): if False no parameter is selected (activation kernels).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        differentiate: bool = True,
+    ) -> None:
+        self.model = model
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise ValueError("The model has no parameters.")
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}.")
+        self.is_hf = hf.is_hf_model(model)
+
+        selected = select_parameters(model, layers) if differentiate else {}
+        self.names = list(selected)
+        self.params = {n: self._cast(p) for n, p in selected.items()}
+        self.shapes = [tuple(p.shape) for p in self.params.values()]
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.num_params = sum(self.sizes)
+        self.frozen = {
+            n: self._cast(t)
+            for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if n not in self.params
+        }
+        self._num_outputs: int | None = None
+
+    def _cast(self, t: Tensor) -> Tensor:
+        t = t.detach()
+        if t.is_floating_point():
+            return t.to(device=self.device, dtype=self.dtype)
+        return t.to(device=self.device)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, inputs: ModelInputs) -> ModelInputs:
+        """Moves a block to the compute device/dtype (and makes HF batches vmap-safe)."""
+        inputs = inputs.to(self.device, self.dtype)
+        if self.is_hf and inputs.kwargs:
+            kwargs = hf.prepare_inputs(self.model, hf.trim_padding(inputs.kwargs), dtype=self.dtype)
+            inputs = ModelInputs(inputs.args, dict(kwargs))
+        return inputs
+
+    def padding_mask(self, inputs: ModelInputs) -> Tensor | None:
+        """The (B, T) token mask of a block as the model sees it (trimmed), or None."""
+        mask = inputs.kwargs.get("attention_mask")
+        if mask is None or mask.dim() != 2:
+            return None
+        if self.is_hf:
+            mask = hf.trim_padding(inputs.kwargs)["attention_mask"]
+        return mask.to(self.device)
+
+    def validate(self, inputs: ModelInputs) -> None:
+        """Model-specific input checks (Hugging Face token ids, lengths, arguments)."""
+        if self.is_hf and inputs.kwargs:
+            hf.validate_inputs(self.model, inputs.kwargs)
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """Context to run forward passes in (vmap-safe attention for HF models)."""
+        if self.is_hf:
+            return hf.vmap_safe(self.model)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ forward
+    def _call(self, params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
+        out = functional_call(self.model, {**self.frozen, **params}, args, kwargs, tie_weights=True)
+        return extract_logits(out)
+
+    def batch_logits(self, inputs: ModelInputs) -> Tensor:
+        r"""Logits of a block, shape (B, C), without gradients."""
+        inputs = self.prepare(inputs)
+        with torch.no_grad(), self.context():
+            logits = self._call(self.params, inputs.args, inputs.kwargs)
+        return logits.reshape(logits.shape[0], -1) if logits.dim() != 1 else logits[:, None]
+
+    def _single(self, params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
+        args = tuple(a.unsqueeze(0) for a in args)
+        kwargs = {k: v.unsqueeze(0) for k, v in kwargs.items()}
+        logits = self._call(params, args, kwargs)
+        if logits.dim() > 2 or logits.shape[0] != 1:
+            raise ValueError(
+                f"The model returned logits of shape {tuple(logits.shape)} for one example; "
+                "expected (1, C) or (1,)."
+            )
+        return logits.reshape(-1)
+
+    def num_outputs(self, inputs: ModelInputs) -> int:
+        """C, the number of logits, probed on the first example of a block."""
+        if self._num_outputs is None:
+            logits = self.batch_logits(inputs.slice(0, 1))
+            self._num_outputs = int(logits.shape[1])
+        return self._num_outputs
+
+    # ------------------------------------------------------------------ derivatives
+    def jacobian(self, inputs: ModelInputs) -> list[Tensor]:
+        r"""Per-example Jacobian of all logits for a block, one piece per parameter.
+
+        Returns:
+            list[Tensor]: shapes (B, C, p_i) in parameter order (concatenated along the last
+            dimension they form the (B, C, P) Jacobian; they are not concatenated, to save a
+            copy of B x C x P numbers).
+        """
+        inputs = self.prepare(inputs)
+        with self.context():
+            jac = vmap(jacrev(self._single), in_dims=(None, 0, 0))(
+                self.params, inputs.args, inputs.kwargs
+            )
+        b = inputs.num_examples
+        return [jac[n].reshape(b, jac[n].shape[1], -1) for n in self.names]
+
+    def summed_gradient(self, inputs: ModelInputs) -> list[Tensor]:
+        r"""Per-example gradient of the sum of logits for a block, one piece per parameter.
+
+        Returns:
+            list[Tensor]: shapes (B, p_i) in parameter order.
+        """
+
+        def total(params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
+            return self._single(params, args, kwargs).sum()
+
+        inputs = self.prepare(inputs)
+        with self.context():
+            grads = vmap(grad(total), in_dims=(None, 0, 0))(self.params, inputs.args, inputs.kwargs)
+        b = inputs.num_examples
+        return [grads[n].reshape(b, -1) for n in self.names]
+
+    # ------------------------------------------------------------------ activations
+    def activations(
+        self, inputs: ModelInputs, layers: Sequence[str], which: str = "output", strict: bool = True
+    ) -> list[Tensor]:
+        r"""Inputs or outputs of the given modules for a block, without gradients.
+
+        Args:
+            inputs (ModelInputs): a block of B examples.
+            layers (sequence of str): module names.
+            which (str): "input" (first positional input of the module) or "output".
+            strict (bool): raise if a layer is not called in the forward pass; otherwise
+                    skip it (e.g. ``MultiheadAttention.out_proj``, whose weights are used
+                    without calling the module).
+
+        Returns:
+            list[Tensor]: one tensor per layer called, dimension 0 of size B.
+        """
+        modules = dict(self.model.named_modules())
+        captured: dict[str, Tensor] = {}
+        handles = []
+        for name in resolve_modules(self.model, layers):
+
+            def hook(module, args, out, name=name):
+                value = args[0] if which == "input" else out
+                value = extract_logits(value) if not isinstance(value, Tensor) else value
+                captured[name] = value
+
+            handles.append(modules[name].register_forward_hook(hook))
+        try:
+            self.batch_logits(inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in layers if n not in captured]
+        if missing and (strict or len(missing) == len(layers)):
+            raise ValueError(
+                f"The layers {missing} were not called in the forward pass; choose layers "
+                "whose forward runs."
+            )
+        return [captured[n] for n in layers if n in captured]
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """A gradient or feature holds NaN or inf."""
+
+
+def check_finite(sq_norms: Tensor, start: int, what: str, name: str = "inputs") -> None:
+    r"""Raises if any example's feature vector holds NaN/inf.
+
+    A non-finite entry makes the example's squared norm non-finite, so checking the (B,)
+    squared norms is enough (and cheap).
+    """
+    bad = ~torch.isfinite(sq_norms)
+    if bool(bad.any()):
+        idx = (torch.nonzero(bad).flatten() + start).tolist()
+        raise NonFiniteError(
+            f"Non-finite {what} (NaN or inf) for {name} example index(es) {idx[:10]}. Check those "
+            "inputs and the model (e.g. log/sqrt of 0, overflow in float16)."
+        )

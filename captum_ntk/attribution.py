@@ -1,0 +1,413 @@
+r"""Captum face: NTK data attribution behind ``captum.influence.DataInfluence``.
+
+Each class binds a model, its training set and one kernel::
+
+    attr = TrNTKAttribution(model, train_dataset, batch_size=64)
+    scores = attr.influence(test_batch)             # (n_test, n_train) kernel values
+    top = attr.influence(test_batch, k=5)           # KMostInfluentialResults, streaming top-k
+    attr.self_influence()                           # (n_train,) diagonal of the train kernel
+    glm = attr.fit_surrogate()                      # KernelGLM (Eq. 1)
+    A = attr.attribute(test_batch)                  # (n_test, C, n_train), Eq. 3
+
+Batches follow Captum: a tuple whose last element is the label (``model(*batch[:-1])``),
+a Mapping with a ``labels`` key (Hugging Face, ``model(**rest)``), or a bare Tensor of
+inputs. Training inputs (not gradients) are read into memory once; training features are
+kept across calls when they fit in half of ``memory_limit`` (projected, conjugate and
+embedding kernels normally do), otherwise they are recomputed block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from captum.influence import DataInfluence
+from captum.influence._utils.common import KMostInfluentialResults
+from torch import Tensor, nn
+
+from ._data import as_loader, collect, split_batch
+from ._inputs import ModelInputs
+from ._model import check_mode
+from .features import KERNELS
+from .kernels import (
+    FeatureCache,
+    assemble_kernel,
+    auto_batch_size,
+    build_feature_map,
+    default_memory_limit,
+    iter_kernel_blocks,
+)
+from .surrogate import KernelGLM
+
+
+class NTKAttribution(DataInfluence):
+    r"""Data attribution with an NTK-style kernel (base class; pick a subclass).
+
+    Args:
+        model (nn.Module): the classifier (logits (B, C), (B,) or ``.logits``), in eval
+                mode if it has BatchNorm or dropout (or pass ``eval_mode=True``).
+        train_dataset (Dataset or DataLoader): training data. A DataLoader must not
+                shuffle. Batches as described in the module docstring.
+        batch_size (int): DataLoader batch size for a Dataset, and the examples per kernel
+                block. Default: 64.
+        layers (str or sequence of str, optional): module names (see
+                :func:`captum_ntk.kernel_matrix`).
+        device (torch.device or str, optional): compute device. Default: the model's.
+        dtype (torch.dtype, optional): compute dtype. Default: the model's.
+        memory_limit (int, optional): bytes of features held at once (see
+                :func:`captum_ntk.kernel_matrix`).
+        eval_mode (bool): compute the kernel of the eval-mode function if the model has
+                BatchNorm/dropout in train mode (flags restored afterwards).
+        kernel (str): kernel name (fixed by subclasses).
+        **kernel_options: ``projection_dim``, ``projection``, ``seed`` for projected kernels.
+    """
+
+    kernel: ClassVar[str] = "trntk"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Any,
+        *,
+        batch_size: int = 64,
+        layers: Sequence[str] | str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        memory_limit: int | None = None,
+        eval_mode: bool = False,
+        **kernel_options: Any,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.model = model
+        self.train_dataset = train_dataset
+        self.batch_size = batch_size
+        self.layers = layers
+        self.eval_mode = eval_mode
+        self.train_inputs, self.train_labels = collect(train_dataset, batch_size)
+        with check_mode(model, eval_mode):
+            self.feature_map = build_feature_map(
+                model,
+                self.kernel,
+                layers=layers,
+                device=device,
+                dtype=dtype,
+                memory_limit=memory_limit,
+                **kernel_options,
+            )
+            self.feature_map.function.validate(self.train_inputs)
+        function = self.feature_map.function
+        self.memory_limit = (
+            memory_limit if memory_limit is not None else default_memory_limit(function.device)
+        )
+        self.block_size = min(batch_size, auto_batch_size(self.feature_map, self.train_inputs, self.memory_limit))
+        self._train = FeatureCache(self.feature_map, self.train_inputs, self.block_size, "training")
+        self.normalize = KERNELS[self.kernel]
+        self.train_kernel: Tensor | None = None
+        self.surrogate: KernelGLM | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_train(self) -> int:
+        """N, the number of training examples."""
+        return len(self.train_inputs)
+
+    def _test_inputs(self, inputs: Any) -> ModelInputs:
+        if isinstance(inputs, torch.utils.data.DataLoader):
+            inputs = collect(as_loader(inputs, self.batch_size), self.batch_size, "inputs")[0]
+        else:
+            inputs = split_batch(inputs, "inputs")[0]
+        self.train_inputs.check_compatible(inputs, ("training inputs", "inputs"))
+        self.feature_map.function.validate(inputs)
+        return inputs
+
+    def _blocks(self, inputs: ModelInputs | None, show_progress: bool, desc: str):
+        rows = self._train if inputs is None else FeatureCache(self.feature_map, inputs, self.block_size)
+        cols = None if inputs is None else self._train
+        return iter_kernel_blocks(
+            rows,
+            cols,
+            normalize=self.normalize,
+            memory_limit=self.memory_limit,
+            show_progress=show_progress,
+            desc=desc,
+        )
+
+    # ------------------------------------------------------------------ Captum API
+    def influence(  # type: ignore[override]
+        self,
+        inputs: Any,
+        k: int | None = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+    ) -> Tensor | KMostInfluentialResults:
+        r"""Kernel values between test inputs and every training example.
+
+        Args:
+            inputs (Tensor, tuple, Mapping or DataLoader): test batch in the training
+                    batches' convention (labels, if present, are ignored).
+            k (int, optional): if given, return the ``k`` most (``proponents=True``) or least
+                    (``proponents=False``) similar training examples per test example,
+                    computed by a streaming top-k over training blocks.
+            proponents (bool): proponents (largest kernel values, descending) or opponents
+                    (smallest, ascending). Default: True.
+            show_progress (bool): progress bar over kernel blocks.
+
+        Returns:
+            Tensor (n_test, n_train) if ``k`` is None, else
+            ``KMostInfluentialResults(indices (n_test, k), influence_scores (n_test, k))``.
+        """
+        x = self._test_inputs(inputs)
+        with check_mode(self.model, self.eval_mode):
+            if k is None:
+                return assemble_kernel(
+                    FeatureCache(self.feature_map, x, self.block_size),
+                    self._train,
+                    normalize=self.normalize,
+                    memory_limit=self.memory_limit,
+                    show_progress=show_progress,
+                )
+            return self._top_k(x, k, proponents, show_progress)
+
+    def _top_k(self, x: ModelInputs, k: int, proponents: bool, show_progress: bool) -> KMostInfluentialResults:
+        if not 1 <= k <= self.num_train:
+            raise ValueError(f"k must lie in [1, {self.num_train}] (the training set size), got {k}.")
+        n = len(x)
+        best_scores: Tensor | None = None
+        best_idx: Tensor | None = None
+        rows_done: dict[int, tuple[Tensor, Tensor]] = {}
+        for rstart, cstart, block in self._blocks(x, show_progress, "top-k blocks"):
+            block = block.cpu()
+            idx = torch.arange(cstart, cstart + block.shape[1]).expand(block.shape[0], -1)
+            if rstart in rows_done:
+                scores, indices = rows_done[rstart]
+                block = torch.cat([scores, block], dim=1)
+                idx = torch.cat([indices, idx], dim=1)
+            kk = min(k, block.shape[1])
+            top, pos = torch.topk(block, kk, dim=1, largest=proponents, sorted=True)
+            rows_done[rstart] = (top, torch.gather(idx, 1, pos))
+        best_scores = torch.cat([rows_done[s][0] for s in sorted(rows_done)])
+        best_idx = torch.cat([rows_done[s][1] for s in sorted(rows_done)])
+        assert best_scores.shape[0] == n
+        return KMostInfluentialResults(best_idx, best_scores)
+
+    def self_influence(self, inputs: Any = None, show_progress: bool = False) -> Tensor:
+        r"""Diagonal of the kernel: κ(x_i, x_i) for the training set (or for ``inputs``).
+
+        Normalised kernels give 1 (0 for a zero-norm example).
+
+        Returns:
+            Tensor: (n,) on the CPU.
+        """
+        with check_mode(self.model, self.eval_mode):
+            cache = self._train if inputs is None else FeatureCache(
+                self.feature_map, self._test_inputs(inputs), self.block_size
+            )
+            sq = cache.all_sq_norms().cpu()
+        if self.normalize:
+            return (sq > 0).to(sq.dtype)
+        return sq
+
+    # ------------------------------------------------------------------ surrogate
+    def compute_train_kernel(self, show_progress: bool = False) -> Tensor:
+        r"""The (n_train, n_train) training kernel (computed once, then cached)."""
+        if self.train_kernel is None:
+            with check_mode(self.model, self.eval_mode):
+                self.train_kernel = assemble_kernel(
+                    self._train,
+                    None,
+                    normalize=self.normalize,
+                    memory_limit=self.memory_limit,
+                    show_progress=show_progress,
+                )
+        return self.train_kernel
+
+    def model_predictions(self, inputs: ModelInputs | None = None) -> Tensor:
+        """The network's predicted classes for ``inputs`` (default: the training inputs)."""
+        x = self.train_inputs if inputs is None else inputs
+        function = self.feature_map.function
+        with check_mode(self.model, self.eval_mode):
+            logits = torch.cat([function.batch_logits(b).cpu() for _, b in x.blocks(self.block_size)])
+        if logits.shape[1] == 1:
+            return (logits[:, 0] > 0).long()
+        return logits.argmax(dim=1)
+
+    def fit_surrogate(
+        self,
+        labels: Tensor | None = None,
+        *,
+        use_model_predictions: bool = False,
+        show_progress: bool = False,
+        **glm_options: Any,
+    ) -> KernelGLM:
+        r"""Fits the kGLM of Eq. 1 on the train x train kernel.
+
+        Args:
+            labels (Tensor, optional): (n_train,) class labels. Default: the labels of the
+                    training batches.
+            use_model_predictions (bool): fit to the network's predicted classes instead of
+                    the labels (Appendix I of Engel et al.).
+            show_progress (bool): progress bar for the train kernel.
+            **glm_options: passed to :class:`KernelGLM` (``backend``, ``alpha``,
+                    ``class_weight``, ...).
+
+        Returns:
+            KernelGLM: the fitted surrogate, also stored as ``self.surrogate``. A network
+            with one logit (C = 1) gets a binary kGLM with one logit.
+        """
+        if use_model_predictions:
+            y = self.model_predictions()
+        elif labels is not None:
+            y = torch.as_tensor(labels).reshape(-1)
+        elif self.train_labels is not None:
+            y = self.train_labels
+        else:
+            raise ValueError(
+                "The training batches carry no labels, which the kGLM needs: pass labels=..., "
+                "use_model_predictions=True, or batches (inputs..., labels) / dicts with 'labels'."
+            )
+        if y.shape[0] != self.num_train:
+            raise ValueError(f"labels has {y.shape[0]} entries, expected n_train={self.num_train}.")
+        kernel = self.compute_train_kernel(show_progress)
+        num_outputs = self.feature_map.function.num_outputs(self.train_inputs)
+        num_classes = max(2, num_outputs)
+        glm_options.setdefault("device", self.feature_map.function.device)
+        self.surrogate = KernelGLM(**glm_options).fit(kernel, y.long(), num_classes=num_classes)
+        return self.surrogate
+
+    def attribute(
+        self,
+        inputs: Any,
+        target: int | Sequence[int] | Tensor | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        r"""Data attribution (Eq. 3): A(x, x_i)^c = W_{c,i} κ(x, x_i) + b_c / N.
+
+        Summing over training examples gives the kGLM logit exactly. Fits the surrogate
+        with default options first if :meth:`fit_surrogate` has not been called.
+
+        Args:
+            inputs (Tensor, tuple, Mapping or DataLoader): test batch.
+            target (int, sequence of int or Tensor, optional): Captum-style class indices:
+                    one int for every example, or one per example. Default: None, every
+                    logit of the kGLM.
+            show_progress (bool): progress bar.
+
+        Returns:
+            Tensor: (n_test, C, n_train) with C the number of kGLM logits (1 for a binary
+            kGLM), or (n_test, n_train) with ``target``.
+        """
+        glm = self.surrogate if self.surrogate is not None else self.fit_surrogate()
+        kernel = self.influence(inputs, show_progress=show_progress)
+        coef = glm.coef_.to("cpu", kernel.dtype)
+        intercept = glm.intercept_.to("cpu", kernel.dtype)
+        n_logits = coef.shape[0]
+        if target is None:
+            return kernel[:, None, :] * coef[None] + (intercept / self.num_train)[None, :, None]
+        t = torch.as_tensor(target, dtype=torch.long).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(kernel.shape[0])
+        if t.numel() != kernel.shape[0]:
+            raise ValueError(
+                f"target has {t.numel()} entries for {kernel.shape[0]} test examples; pass one int "
+                "or one per example."
+            )
+        if bool((t < 0).any()) or bool((t >= n_logits).any()):
+            raise ValueError(
+                f"target out of range: the kGLM has {n_logits} logit(s) (valid targets 0..{n_logits - 1})."
+            )
+        return kernel * coef[t] + (intercept[t] / self.num_train)[:, None]
+
+
+class _ProjectedMixin:
+    """``compute_intermediate_quantities`` for projected kernels."""
+
+    def compute_intermediate_quantities(
+        self, inputs: Any, normalize: bool = True, show_progress: bool = False
+    ) -> Tensor:
+        r"""Projected features whose inner products give the kernel.
+
+        Args:
+            inputs: a batch (or DataLoader) in the training convention.
+            normalize (bool): unit-normalise rows so products equal :meth:`influence`
+                    (zero rows stay zero); False gives the unnormalised features
+                    (proj-trNTK0 / proj-pNTK0 products).
+            show_progress (bool): progress bar.
+
+        Returns:
+            Tensor: (n, C*K) for proj-trNTK, (n, K) for proj-pNTK, on the CPU.
+        """
+        x = self._test_inputs(inputs)  # type: ignore[attr-defined]
+        cache = FeatureCache(self.feature_map, x, self.block_size)  # type: ignore[attr-defined]
+        with check_mode(self.model, self.eval_mode):  # type: ignore[attr-defined]
+            blocks = [cache.get(s) for s in cache.starts]
+        feats = torch.cat([b.reshape(b.shape[0], -1).cpu() for b in blocks])
+        if normalize:
+            norms = feats.norm(dim=1, keepdim=True)
+            feats = torch.where(norms > 0, feats / norms.clamp_min(1e-300), feats)
+        return feats
+
+
+class TrNTKAttribution(NTKAttribution):
+    """Trace-NTK (Eq. 5): cosine-normalised sum over logits of gradient inner products."""
+
+    kernel = "trntk"
+
+
+class TrNTK0Attribution(NTKAttribution):
+    """Unnormalised trace-NTK: sum over logits of gradient inner products."""
+
+    kernel = "trntk0"
+
+
+class PNTKAttribution(NTKAttribution):
+    """Pseudo-NTK (Eq. 6), cosine-normalised: gradients of the summed logits."""
+
+    kernel = "pntk"
+
+
+class PNTK0Attribution(NTKAttribution):
+    """Unnormalised pseudo-NTK: (1/C) <grad sum_c F^c(x), grad sum_c F^c(x')>."""
+
+    kernel = "pntk0"
+
+
+class ProjTrNTKAttribution(_ProjectedMixin, NTKAttribution):
+    """Projected trace-NTK (Eq. 8). Options: projection_dim, projection, seed."""
+
+    kernel = "proj_trntk"
+
+
+class ProjPNTKAttribution(_ProjectedMixin, NTKAttribution):
+    """Projected pseudo-NTK (Eq. 7). Options: projection_dim, projection, seed."""
+
+    kernel = "proj_pntk"
+
+
+class ConjugateKernelAttribution(NTKAttribution):
+    """Conjugate kernel: cosine Gram of the final embedding (input of the last Linear)."""
+
+    kernel = "ck"
+
+
+class EmbeddingKernelAttribution(NTKAttribution):
+    """Embedding kernel: normalised sum over layers of activation inner products."""
+
+    kernel = "embedding"
+
+
+#: Attribution class for every kernel name that has one.
+ATTRIBUTION_CLASSES: dict[str, type[NTKAttribution]] = {
+    cls.kernel: cls
+    for cls in (
+        TrNTKAttribution,
+        TrNTK0Attribution,
+        PNTKAttribution,
+        PNTK0Attribution,
+        ProjTrNTKAttribution,
+        ProjPNTKAttribution,
+        ConjugateKernelAttribution,
+        EmbeddingKernelAttribution,
+    )
+}

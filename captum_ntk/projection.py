@@ -1,0 +1,232 @@
+r"""Seeded random projections R^P -> R^K generated blockwise, never as a whole K x P matrix.
+
+Entry (k, p) of the projection matrix is a pure function of ``(seed, k, p)``: a
+counter-based integer hash (32-bit "lowbias32" finaliser rounds on int32 tensors), so
+
+* the matrix never has to be stored: any column block ``[p0, p1)`` is generated on demand,
+  on any device, in any order;
+* the same seed gives the same matrix on the CPU and on CUDA (Rademacher entries are
+  bit-identical; Gaussian entries agree up to the rounding of ``log``/``cos``);
+* results do not depend on batch sizes: the column blocks a gradient is cut into depend on
+  ``K`` only, so the order of summation is fixed.
+
+Rademacher entries are +-1 with probability 1/2; Gaussian entries are N(0, 1) (Box-Muller on
+two 32-bit hashes). Projected features are ``S g / sqrt(K)``, so that
+``E <S g, S h> / K = <g, h>``. ``p`` indexes the flattened concatenation of the selected
+parameters (``select_parameters`` order): the matrix is a function of
+(seed, parameter layout, K).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+PROJECTIONS = ("rademacher", "gaussian")
+_M32 = 0xFFFFFFFF
+#: Entries generated per column block (K * width), bounding the generator's scratch memory.
+_BLOCK_ENTRIES = 1 << 22
+
+
+def _i32(value: int) -> int:
+    """A uint32 constant as the int32 with the same bits."""
+    value &= _M32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+_C1, _C2 = _i32(0x7FEB352D), _i32(0x846CA68B)
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """lowbias32: a bijective avalanche mix of 32-bit words held in int32 tensors.
+
+    int32 multiplication wraps modulo 2^32 and ``(x >> s) & mask`` is the logical shift,
+    so the bits equal the uint32 reference on every device.
+    """
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _C1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _C2
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _seed_keys(seed: int) -> tuple[int, int, int]:
+    s = int(seed) & ((1 << 64) - 1)
+    words = torch.tensor([_i32(s), _i32(s >> 32)], dtype=torch.int32)
+    k0 = _mix32(words[0:1] ^ _i32(0x9E3779B9))
+    k1 = _mix32(words[1:2] ^ k0 ^ _i32(0x85EBCA6B))
+    k2 = _mix32(k0 ^ k1 ^ _i32(0xC2B2AE35))
+    return int(k0), int(k1), int(k2)
+
+
+def _index_words(start: int, stop: int, device: torch.device | str | None) -> tuple[Tensor, Tensor]:
+    """Low and high 32-bit words of the indices start..stop-1 as int32 tensors."""
+    idx = torch.arange(start, stop, dtype=torch.int64, device=device)
+    low = (idx & _M32).to(torch.int32)  # wraps to the int32 with the same bits
+    high = (idx >> 32).to(torch.int32)
+    return low, high
+
+
+def column_width(projection_dim: int) -> int:
+    """Width of the column blocks used for a given K (a function of K only)."""
+    return max(1, _BLOCK_ENTRIES // int(projection_dim))
+
+
+def projection_block(
+    projection_dim: int,
+    start: int,
+    stop: int,
+    kind: str = "rademacher",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    r"""Columns ``start:stop`` of the unscaled projection matrix.
+
+    Args:
+        projection_dim (int): K.
+        start (int): first column (parameter index).
+        stop (int): one past the last column.
+        kind (str): "rademacher" (+-1) or "gaussian" (N(0, 1)).
+        seed (int): the seed.
+        dtype (torch.dtype): dtype of the result.
+        device (torch.device, optional): where to generate it.
+
+    Returns:
+        Tensor: shape (K, stop - start).
+    """
+    if kind not in PROJECTIONS:
+        raise ValueError(f"Unknown projection {kind!r}; choose one of {PROJECTIONS}.")
+    k0, k1, k2 = _seed_keys(seed)
+    col_low, col_high = _index_words(start, stop, device)
+    row_low, _ = _index_words(0, projection_dim, device)
+    col_key = _mix32(_mix32(col_low ^ k0) ^ col_high)
+    col_key2 = _mix32(col_key ^ k2)
+    row_key = _mix32(_mix32(row_low ^ k1) ^ k2)
+    # Per entry: two multiply-xor rounds (no shifts: they are slow on CPU); the top bit of
+    # an odd-constant product depends on every lower bit of its operand.
+    h = row_key[:, None] ^ col_key[None, :]
+    h.mul_(_C1).bitwise_xor_(col_key2[None, :]).mul_(_C2)
+    if kind == "rademacher":
+        # the top bit of the uint32 word is the sign bit of the int32
+        out = h.lt(0).to(dtype)
+        return out.mul_(-2).add_(1)
+    h2 = _mix32(h ^ _i32(0x68E31DA4))
+    u1 = (_as_unsigned(h) + 0.5) * 2.0**-32
+    u2 = (_as_unsigned(h2) + 0.5) * 2.0**-32
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
+
+
+def _as_unsigned(x: Tensor) -> Tensor:
+    """The uint32 value of int32 words, as float64."""
+    return x.to(torch.float64) % 2.0**32
+
+
+def projection_matrix(
+    num_params: int,
+    projection_dim: int,
+    kind: str = "rademacher",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    r"""The whole unscaled projection matrix the engine uses (for tests and small P).
+
+    Args:
+        num_params (int): P.
+        projection_dim (int): K.
+        kind (str): "rademacher" or "gaussian".
+        seed (int): the seed.
+        dtype (torch.dtype): dtype of the result.
+        device (torch.device, optional): where to build it.
+
+    Returns:
+        Tensor: shape (K, P); projected features are ``matrix @ g / sqrt(K)``.
+    """
+    return projection_block(projection_dim, 0, num_params, kind, seed, dtype, device)
+
+
+class RandomProjection:
+    r"""Applies the seeded K x P projection to rows of gradients, blockwise.
+
+    Args:
+        num_params (int): P.
+        projection_dim (int): K; must be smaller than P.
+        kind (str): "rademacher" or "gaussian".
+        seed (int): the seed.
+        device (torch.device): compute device.
+        dtype (torch.dtype): compute dtype.
+        cache_bytes (int): if the whole K x P matrix takes at most this many bytes it is
+                generated once and kept; otherwise column blocks are regenerated per call.
+    """
+
+    def __init__(
+        self,
+        num_params: int,
+        projection_dim: int,
+        kind: str = "rademacher",
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_bytes: int = 1 << 29,
+    ) -> None:
+        if kind not in PROJECTIONS:
+            raise ValueError(f"Unknown projection {kind!r}; choose one of {PROJECTIONS}.")
+        if int(projection_dim) < 1:
+            raise ValueError(f"projection_dim must be positive, got {projection_dim}.")
+        if int(projection_dim) >= int(num_params):
+            raise ValueError(
+                f"projection_dim={projection_dim} is not smaller than the number of parameters "
+                f"P={num_params}: a projection saves nothing there. Use the exact kernel "
+                "('trntk' / 'pntk') or a smaller projection_dim."
+            )
+        self.num_params = int(num_params)
+        self.projection_dim = int(projection_dim)
+        self.kind = kind
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        width = column_width(self.projection_dim)
+        self.bounds = [(s, min(s + width, self.num_params)) for s in range(0, self.num_params, width)]
+        itemsize = torch.tensor([], dtype=dtype).element_size()
+        self._cache: list[Tensor] | None = None
+        if self.projection_dim * self.num_params * itemsize <= cache_bytes:
+            self._cache = [self._block(s, e) for s, e in self.bounds]
+
+    def _block(self, start: int, stop: int) -> Tensor:
+        return projection_block(
+            self.projection_dim, start, stop, self.kind, self.seed, self.dtype, self.device
+        )
+
+    def __call__(self, gradients: Tensor | Sequence[Tensor]) -> Tensor:
+        r"""Projects rows.
+
+        Args:
+            gradients (Tensor or sequence of Tensors): shape (M, P), or pieces (M, p_i)
+                    that concatenate to it (per-parameter gradients; never concatenated
+                    beyond one column block).
+
+        Returns:
+            Tensor: shape (M, K), ``gradients @ S.T / sqrt(K)``.
+        """
+        parts = [gradients] if isinstance(gradients, Tensor) else list(gradients)
+        offsets = [0]
+        for part in parts:
+            offsets.append(offsets[-1] + part.shape[-1])
+        if offsets[-1] != self.num_params:
+            raise ValueError(f"Expected gradients with {self.num_params} columns, got {offsets[-1]}.")
+        first = parts[0]
+        out = torch.zeros(first.shape[0], self.projection_dim, device=first.device, dtype=first.dtype)
+        for i, (start, stop) in enumerate(self.bounds):
+            pieces = [
+                part[:, max(start, lo) - lo : min(stop, hi) - lo]
+                for part, lo, hi in zip(parts, offsets[:-1], offsets[1:])
+                if lo < stop and hi > start
+            ]
+            columns = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            block = self._cache[i] if self._cache is not None else self._block(start, stop)
+            out.addmm_(columns, block.T)
+        return out / math.sqrt(self.projection_dim)
