@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from ._inputs import LABEL_KEYS, ModelInputs
 
@@ -54,10 +54,17 @@ def _as_label_tensor(labels: Any) -> Tensor | None:
 def as_loader(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
     """A DataLoader over ``data`` in a fixed order (a DataLoader is used as is)."""
     if isinstance(data, DataLoader):
-        if isinstance(data.sampler, RandomSampler):
+        sampler = data.sampler if data.batch_sampler is None else getattr(data.batch_sampler, "sampler", None)
+        if not isinstance(sampler, SequentialSampler):
             raise ValueError(
-                "The DataLoader shuffles, so example indices would change between passes; "
-                "build it with shuffle=False."
+                "The DataLoader does not iterate its dataset in order (shuffle=True or a custom "
+                f"sampler: {type(sampler).__name__}), so example indices would change "
+                "between passes; build it with shuffle=False and no sampler."
+            )
+        if data.drop_last:
+            raise ValueError(
+                "The DataLoader has drop_last=True, which silently drops training examples; "
+                "build it with drop_last=False."
             )
         return data
     if isinstance(data, Dataset):

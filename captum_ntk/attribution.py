@@ -273,7 +273,7 @@ class NTKAttribution(DataInfluence):
         num_outputs = self.feature_map.function.num_outputs(self.train_inputs)
         num_classes = max(2, num_outputs)
         glm_options.setdefault("device", self.feature_map.function.device)
-        self.surrogate = KernelGLM(**glm_options).fit(kernel, y.long(), num_classes=num_classes)
+        self.surrogate = KernelGLM(**glm_options).fit(kernel, y, num_classes=num_classes)
         return self.surrogate
 
     def attribute(
