@@ -65,10 +65,13 @@ def main() -> None:
     parser.add_argument("--n-kernel", type=int, default=None, help="N for the exact trNTK0")
     parser.add_argument("--projection-dim", type=int, default=10240)
     parser.add_argument("--skip-trak", action="store_true")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (CUDA)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     model, make_x = make_model(args.model)
     model = model.to(device)
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -116,7 +119,7 @@ def main() -> None:
             gmap = build_feature_map(model, "pntk0")
 
             def trak_features():
-                g = gmap.function.summed_gradient(inputs)
+                g = torch.cat(gmap.function.summed_gradient(inputs), dim=1)
                 return proj.project(g, model_id=0)
 
             results[f"TRAK BasicProjector proj-pNTK K={k} (ex/s)"] = bs / timed(trak_features, device, repeat=1)
@@ -124,7 +127,10 @@ def main() -> None:
             print(f"TRAK skipped: {type(exc).__name__}: {exc}")
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    header = f"{args.model} P={num_params:,} C=10 batch={bs} device={name} torch={torch.__version__} threads={torch.get_num_threads()}"
+    header = (
+        f"{args.model} P={num_params:,} C=10 batch={bs} device={name} torch={torch.__version__} "
+        f"threads={torch.get_num_threads()} tf32={args.tf32}"
+    )
     print(header)
     for key, value in results.items():
         print(f"  {key:<55s} {value:>12,.1f}")

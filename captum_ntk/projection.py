@@ -75,6 +75,23 @@ def column_width(projection_dim: int) -> int:
     return max(1, _BLOCK_ENTRIES // int(projection_dim))
 
 
+def row_keys(projection_dim: int, seed: int, device: torch.device | str | None = None) -> Tensor:
+    """Per-row hash keys (K,) int32 of the projection matrix."""
+    _, k1, k2 = _seed_keys(seed)
+    row_low, _ = _index_words(0, projection_dim, device)
+    return _mix32(_mix32(row_low ^ k1) ^ k2)
+
+
+def column_keys(
+    start: int, stop: int, seed: int, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-column hash keys, two (stop - start,) int32 tensors."""
+    k0, _, k2 = _seed_keys(seed)
+    col_low, col_high = _index_words(start, stop, device)
+    col_key = _mix32(_mix32(col_low ^ k0) ^ col_high)
+    return col_key, _mix32(col_key ^ k2)
+
+
 def projection_block(
     projection_dim: int,
     start: int,
@@ -100,12 +117,8 @@ def projection_block(
     """
     if kind not in PROJECTIONS:
         raise ValueError(f"Unknown projection {kind!r}; choose one of {PROJECTIONS}.")
-    k0, k1, k2 = _seed_keys(seed)
-    col_low, col_high = _index_words(start, stop, device)
-    row_low, _ = _index_words(0, projection_dim, device)
-    col_key = _mix32(_mix32(col_low ^ k0) ^ col_high)
-    col_key2 = _mix32(col_key ^ k2)
-    row_key = _mix32(_mix32(row_low ^ k1) ^ k2)
+    row_key = row_keys(projection_dim, seed, device)
+    col_key, col_key2 = column_keys(start, stop, seed, device)
     # Per entry: two multiply-xor rounds (no shifts: they are slow on CPU); the top bit of
     # an odd-constant product depends on every lower bit of its operand.
     h = row_key[:, None] ^ col_key[None, :]
@@ -193,6 +206,8 @@ class RandomProjection:
         self.bounds = [(s, min(s + width, self.num_params)) for s in range(0, self.num_params, width)]
         itemsize = torch.tensor([], dtype=dtype).element_size()
         self._cache: list[Tensor] | None = None
+        self._row_key: Tensor | None = None
+        self._col_keys: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         if self.projection_dim * self.num_params * itemsize <= cache_bytes:
             self._cache = [self._block(s, e) for s, e in self.bounds]
 
@@ -219,6 +234,8 @@ class RandomProjection:
         if offsets[-1] != self.num_params:
             raise ValueError(f"Expected gradients with {self.num_params} columns, got {offsets[-1]}.")
         first = parts[0]
+        if self._use_triton(first):
+            return self._triton_project(parts, offsets)
         out = torch.zeros(first.shape[0], self.projection_dim, device=first.device, dtype=first.dtype)
         for i, (start, stop) in enumerate(self.bounds):
             pieces = [
@@ -230,3 +247,28 @@ class RandomProjection:
             block = self._cache[i] if self._cache is not None else self._block(start, stop)
             out.addmm_(columns, block.T)
         return out / math.sqrt(self.projection_dim)
+
+    def _use_triton(self, first: Tensor) -> bool:
+        if self._cache is not None or self.kind != "rademacher" or first.device.type != "cuda":
+            return False
+        if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            return False
+        from . import _triton_projection
+
+        return _triton_projection.available()
+
+    def _triton_project(self, parts: list[Tensor], offsets: list[int]) -> Tensor:
+        from . import _triton_projection
+
+        first = parts[0]
+        device = first.device
+        if self._row_key is None or self._row_key.device != device:
+            self._row_key = row_keys(self.projection_dim, self.seed, device)
+            self._col_keys = {}
+        out = torch.zeros(first.shape[0], self.projection_dim, device=device, dtype=torch.float32)
+        for part, lo, hi in zip(parts, offsets[:-1], offsets[1:]):
+            if (lo, hi) not in self._col_keys:
+                self._col_keys[(lo, hi)] = column_keys(lo, hi, self.seed, device)
+            col_key, col_key2 = self._col_keys[(lo, hi)]
+            _triton_projection.project_accumulate(part, self._row_key, col_key, col_key2, out)
+        return (out / math.sqrt(self.projection_dim)).to(first.dtype)

@@ -1,0 +1,106 @@
+r"""Fused Rademacher projection on CUDA with Triton: ``out += G @ S.T`` where the signs of S
+are generated in registers from the same hash as :func:`captum_ntk.projection.projection_block`,
+so the K x P matrix never exists in memory (in the spirit of TRAK's fast_jl, but a pure function
+of (seed, parameter index, K) that does not depend on the GPU model).
+
+Used by :class:`captum_ntk.projection.RandomProjection` for float32/float16/bfloat16 gradients on
+CUDA when Triton imports; everything else takes the blockwise torch path. float32 products follow
+``torch.backends.cuda.matmul.allow_tf32`` (IEEE fp32 unless TF32 is allowed).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether Triton can be used (imports, and a CUDA device exists)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import problem means "not available"
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def project_kernel(
+        g_ptr, rk_ptr, ck_ptr, ck2_ptr, out_ptr,
+        M, P, K, stride_gm, stride_om,
+        C1: tl.constexpr, C2: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        mask_k = offs_k < K
+        rk = tl.load(rk_ptr + offs_k, mask=mask_k, other=0).to(tl.uint32)
+        c1 = tl.full((1, 1), C1, tl.uint32)
+        c2 = tl.full((1, 1), C2, tl.uint32)
+        acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            mask_p = offs_p < P
+            g = tl.load(
+                g_ptr + offs_m[:, None] * stride_gm + offs_p[None, :],
+                mask=mask_m[:, None] & mask_p[None, :],
+                other=0.0,
+            )
+            ck = tl.load(ck_ptr + offs_p, mask=mask_p, other=0).to(tl.uint32)
+            ck2 = tl.load(ck2_ptr + offs_p, mask=mask_p, other=0).to(tl.uint32)
+            h = (ck[:, None] ^ rk[None, :]) * c1  # uint32: wraps modulo 2^32
+            h = (h ^ ck2[:, None]) * c2
+            sign = tl.where((h >> 31) == 1, -1.0, 1.0).to(g.dtype)
+            acc += tl.dot(g, sign, input_precision=PRECISION)
+        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_k[None, :]
+        omask = mask_m[:, None] & mask_k[None, :]
+        prev = tl.load(out_ptrs, mask=omask, other=0.0)
+        tl.store(out_ptrs, prev + acc, mask=omask)
+
+    return project_kernel
+
+
+def project_accumulate(
+    gradients: Tensor, row_key: Tensor, col_key: Tensor, col_key2: Tensor, out: Tensor
+) -> None:
+    r"""``out += gradients @ S.T`` with S's signs generated from the keys.
+
+    Args:
+        gradients (Tensor): (M, p) on CUDA, float32/float16/bfloat16.
+        row_key (Tensor): (K,) int32 row keys.
+        col_key, col_key2 (Tensor): (p,) int32 column keys of these columns.
+        out (Tensor): (M, K) float32 accumulator, contiguous.
+    """
+    import triton
+
+    from .projection import _C1, _C2
+
+    g = gradients.contiguous()
+    m, p = g.shape
+    k = row_key.shape[0]
+    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if g.dtype != torch.float32:
+        precision = "ieee"
+    block_m = 64 if m >= 64 else max(16, triton.next_power_of_2(m))
+    block_k, block_p = 128, 32
+    grid = (triton.cdiv(m, block_m), triton.cdiv(k, block_k))
+    _kernel()[grid](
+        g, row_key, col_key, col_key2, out,
+        m, p, k, g.stride(0), out.stride(0),
+        C1=_C1 & 0xFFFFFFFF, C2=_C2 & 0xFFFFFFFF,
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, PRECISION=precision,
+    )  # fmt: skip
