@@ -4,8 +4,11 @@ so the K x P matrix never exists in memory (in the spirit of TRAK's fast_jl, but
 of (seed, parameter index, K) that does not depend on the GPU model).
 
 Used by :class:`captum_ntk.projection.RandomProjection` for float32/float16/bfloat16 gradients on
-CUDA when Triton imports; everything else takes the blockwise torch path. float32 products follow
-``torch.backends.cuda.matmul.allow_tf32`` (IEEE fp32 unless TF32 is allowed).
+CUDA when Triton imports; everything else takes the blockwise torch path. float32 products use
+TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set, else "tf32x3" (split-precision TF32:
+the +-1 signs are exact in TF32, so only the gradients' low bits are rounded, about 2^-21
+relative). P is split across programs; the partial sums are added in a fixed order, so results
+are deterministic and do not depend on the number of rows in a call.
 """
 
 from __future__ import annotations
@@ -36,14 +39,17 @@ def _kernel():
 
     @triton.jit
     def project_kernel(
-        g_ptr, rk_ptr, ck_ptr, ck2_ptr, out_ptr,
-        M, P, K, stride_gm, stride_om,
+        g_ptr, rk_ptr, ck_ptr, ck2_ptr, part_ptr,
+        M, P, K, stride_gm, p_per_split,
         C1: tl.constexpr, C2: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
         PRECISION: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        p_begin = pid_s * p_per_split
+        p_end = tl.minimum(p_begin + p_per_split, P)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
@@ -52,9 +58,9 @@ def _kernel():
         c1 = tl.full((1, 1), C1, tl.uint32)
         c2 = tl.full((1, 1), C2, tl.uint32)
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for p0 in range(0, P, BLOCK_P):
+        for p0 in range(p_begin, p_end, BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
-            mask_p = offs_p < P
+            mask_p = offs_p < p_end
             g = tl.load(
                 g_ptr + offs_m[:, None] * stride_gm + offs_p[None, :],
                 mask=mask_m[:, None] & mask_p[None, :],
@@ -66,10 +72,9 @@ def _kernel():
             h = (h ^ ck2[:, None]) * c2
             sign = tl.where((h >> 31) == 1, -1.0, 1.0).to(g.dtype)
             acc += tl.dot(g, sign, input_precision=PRECISION)
-        out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_k[None, :]
-        omask = mask_m[:, None] & mask_k[None, :]
-        prev = tl.load(out_ptrs, mask=omask, other=0.0)
-        tl.store(out_ptrs, prev + acc, mask=omask)
+        # one partial sum per P split; summed in a fixed order afterwards (deterministic)
+        part_ptrs = part_ptr + pid_s * M * K + offs_m[:, None] * K + offs_k[None, :]
+        tl.store(part_ptrs, acc, mask=mask_m[:, None] & mask_k[None, :])
 
     return project_kernel
 
@@ -92,15 +97,24 @@ def project_accumulate(
     g = gradients.contiguous()
     m, p = g.shape
     k = row_key.shape[0]
-    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    if g.dtype != torch.float32:
+    if g.dtype == torch.float32:
+        # signs are exact in TF32, so tf32x3 keeps ~fp32 accuracy at tensor-core speed
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+    else:
         precision = "ieee"
     block_m = 64 if m >= 64 else max(16, triton.next_power_of_2(m))
     block_k, block_p = 128, 32
-    grid = (triton.cdiv(m, block_m), triton.cdiv(k, block_k))
-    _kernel()[grid](
-        g, row_key, col_key, col_key2, out,
-        m, p, k, g.stride(0), out.stride(0),
+    grid_m, grid_k = triton.cdiv(m, block_m), triton.cdiv(k, block_k)
+    # split P so that there are enough programs to fill the GPU (about 4 waves of 132 SMs);
+    # the split depends on K and P only, so a row's sum order does not depend on M
+    splits = max(1, min(triton.cdiv(528, grid_k), triton.cdiv(p, 8 * block_p)))
+    p_per_split = triton.cdiv(triton.cdiv(p, splits), block_p) * block_p
+    splits = triton.cdiv(p, p_per_split)
+    partial = torch.empty(splits, m, k, device=g.device, dtype=torch.float32)
+    _kernel()[(grid_m, grid_k, splits)](
+        g, row_key, col_key, col_key2, partial,
+        m, p, k, g.stride(0), p_per_split,
         C1=_C1 & 0xFFFFFFFF, C2=_C2 & 0xFFFFFFFF,
         BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, PRECISION=precision,
     )  # fmt: skip
+    out += partial.sum(dim=0)
