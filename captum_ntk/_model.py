@@ -20,6 +20,9 @@ from . import hf
 from ._inputs import ModelInputs
 from .parameters import resolve_modules, select_parameters
 
+#: Keyword inputs a transformers model wrapped in a user module receives from the batch.
+_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
+
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -124,7 +127,9 @@ class ModelFunction:
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}.")
-        self.is_hf = hf.is_hf_model(model)
+        # a transformers model, or a user module wrapping one
+        self.hf_model = next((m for m in model.modules() if hf.is_hf_model(m)), None)
+        self.is_hf = self.hf_model is not None
 
         selected = select_parameters(model, layers) if differentiate else {}
         self.names = list(selected)
@@ -150,9 +155,25 @@ class ModelFunction:
         """Moves a block to the compute device/dtype (and makes HF batches vmap-safe)."""
         inputs = inputs.to(self.device, self.dtype)
         if self.is_hf and inputs.kwargs:
-            kwargs = hf.prepare_inputs(self.model, hf.trim_padding(inputs.kwargs), dtype=self.dtype)
-            inputs = ModelInputs(inputs.args, dict(kwargs))
+            trimmed = self._trimmed(inputs.kwargs)
+            tokens = self._token_inputs(trimmed)
+            prepared = hf.prepare_inputs(self.hf_model, tokens, dtype=self.dtype)
+            inputs = ModelInputs(inputs.args, {**trimmed, **prepared})
         return inputs
+
+    @staticmethod
+    def _trimmed(kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A block cut to its longest real sequence (unless its mask is already prepared)."""
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            return hf.trim_padding(kwargs)
+        return dict(kwargs)
+
+    def _token_inputs(self, kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The keyword inputs meant for the transformers model (all of them unless wrapped)."""
+        if self.hf_model is self.model:
+            return dict(kwargs)
+        return {k: v for k, v in kwargs.items() if k in _TOKEN_KEYS}
 
     def padding_mask(self, inputs: ModelInputs) -> Tensor | None:
         """The (B, T) token mask of a block as the model sees it (trimmed), or None."""
@@ -166,12 +187,13 @@ class ModelFunction:
     def validate(self, inputs: ModelInputs) -> None:
         """Model-specific input checks (Hugging Face token ids, lengths, arguments)."""
         if self.is_hf and inputs.kwargs:
-            hf.validate_inputs(self.model, inputs.kwargs)
+            # validated as the model will see it: each block is trimmed to its longest sequence
+            hf.validate_inputs(self.hf_model, self._token_inputs(self._trimmed(inputs.kwargs)))
 
     def context(self) -> contextlib.AbstractContextManager:
         """Context to run forward passes in (vmap-safe attention for HF models)."""
         if self.is_hf:
-            return hf.vmap_safe(self.model)
+            return hf.vmap_safe(self.hf_model)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ forward
@@ -200,7 +222,13 @@ class ModelFunction:
     def num_outputs(self, inputs: ModelInputs) -> int:
         """C, the number of logits, probed on the first example of a block."""
         if self._num_outputs is None:
-            logits = self.batch_logits(inputs.slice(0, 1))
+            try:
+                logits = self.batch_logits(inputs.slice(0, 1))
+            except TypeError as exc:
+                raise TypeError(
+                    f"The model's forward failed on the first example: {exc}. Check that the "
+                    "inputs provide every forward argument (tuple: positional, Mapping: keyword)."
+                ) from exc
             self._num_outputs = int(logits.shape[1])
         return self._num_outputs
 

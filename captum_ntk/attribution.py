@@ -97,6 +97,7 @@ class NTKAttribution(DataInfluence):
                 **kernel_options,
             )
             self.feature_map.function.validate(self.train_inputs)
+            self.feature_map.function.num_outputs(self.train_inputs)  # fails early on bad batches
         function = self.feature_map.function
         self.memory_limit = (
             memory_limit if memory_limit is not None else default_memory_limit(function.device)

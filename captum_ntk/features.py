@@ -81,6 +81,8 @@ class FeatureMap:
     per_class = False
     #: what the features are, for error messages
     what = "feature"
+    #: gradient vectors per example (C for per-logit Jacobians, 1 for summed gradients)
+    per_logit = True
 
     def __init__(self, function: ModelFunction) -> None:
         self.function = function
@@ -125,6 +127,7 @@ class SummedGradientFeatures(JacobianFeatures):
     """Gradients of the summed logits, pieces (B, p_i): pntk0, pntk (products scaled by 1/C)."""
 
     what = "gradient"
+    per_logit = False
 
     def __call__(self, inputs: ModelInputs) -> ParamBlocks:
         self.num_outputs = self.function.num_outputs(inputs)
@@ -156,6 +159,7 @@ class ProjectedSummedGradientFeatures(FeatureMap):
     """Projected summed-logit gradients (B, K): proj_pntk."""
 
     what = "gradient"
+    per_logit = False
 
     def __init__(self, function: ModelFunction, projection: RandomProjection) -> None:
         super().__init__(function)
@@ -185,16 +189,37 @@ def leaf_layers_with_parameters(model: nn.Module) -> list[str]:
     ]
 
 
-def _mask_padding(value: Tensor, mask: Tensor | None) -> Tensor:
-    """Zeroes padded token positions of (B, T, ...) activations so padding never counts."""
-    if mask is None or value.dim() < 2 or value.shape[1] != mask.shape[1]:
-        return value
-    shape = mask.shape + (1,) * (value.dim() - 2)
-    return value * mask.reshape(shape).to(value.dtype)
+def _token_level(value: Tensor, mask: Tensor | None) -> bool:
+    """Whether an activation is per token: (B, T, ...) with T the block's token count."""
+    return mask is not None and value.dim() >= 3 and value.shape[1] == mask.shape[1]
+
+
+def _layer_feature(value: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, D) for per-example activations; (B, T, D) with padded tokens zeroed for per-token ones."""
+    b = value.shape[0]
+    if _token_level(value, mask):
+        value = value.reshape(b, value.shape[1], -1)
+        return value * mask[:, :, None].to(value.dtype)
+    return value.reshape(b, -1)
+
+
+def _layer_inner(a: Tensor, b: Tensor) -> Tensor:
+    """Inner products of two blocks of one layer's features, (B1, B2).
+
+    Per-token features of blocks trimmed to different lengths are compared over the common
+    positions: beyond them one side is padding, which is zero.
+    """
+    if a.dim() == 3:
+        t = min(a.shape[1], b.shape[1])
+        return torch.einsum("itd,jtd->ij", a[:, :t], b[:, :t])
+    return a @ b.T
 
 
 class ActivationFeatures(FeatureMap):
     r"""Layer activations: ck (input of one layer) and embedding (outputs of several).
+
+    Per-token activations (B, T, ...) of padded text batches have padded positions zeroed, so
+    neither padding nor the per-block padded length changes the kernel.
 
     Args:
         function (ModelFunction): the model.
@@ -215,8 +240,13 @@ class ActivationFeatures(FeatureMap):
         self.which = which
         self.strict = strict
 
-    def __call__(self, inputs: ModelInputs) -> Tensor:
+    def __call__(self, inputs: ModelInputs) -> ParamBlocks:
         values = self.function.activations(inputs, self.layers, self.which, self.strict)
-        b = inputs.num_examples
         mask = self.function.padding_mask(inputs)
-        return torch.cat([_mask_padding(v, mask).reshape(b, -1) for v in values], dim=1)
+        return ParamBlocks([_layer_feature(v, mask) for v in values])
+
+    def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
+        return sum(_layer_inner(a, b) for a, b in zip(f1.parts, f2.parts))
+
+    def sq_norms(self, f: ParamBlocks) -> Tensor:
+        return sum(torch.linalg.vecdot(_flat(a), _flat(a)) for a in f.parts)

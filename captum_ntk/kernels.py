@@ -113,12 +113,14 @@ def _as_list(layers: Sequence[str] | str) -> list[str]:
 
 
 def auto_batch_size(fmap: FeatureMap, inputs: ModelInputs, memory_limit: int) -> int:
-    r"""Examples per block so one block's Jacobian takes at most a quarter of the budget."""
+    r"""Examples per block so one block's gradients (B x C x P, or B x P for the pNTK kernels)
+    take at most a quarter of the budget."""
     if not fmap.uses_gradients:
         return MAX_AUTO_BATCH
     function = fmap.function
     itemsize = torch.tensor([], dtype=function.dtype).element_size()
-    per_example = function.num_outputs(inputs) * function.num_params * itemsize
+    rows = function.num_outputs(inputs) if fmap.per_logit else 1
+    per_example = rows * function.num_params * itemsize
     return int(max(1, min(MAX_AUTO_BATCH, memory_limit // (4 * per_example))))
 
 
