@@ -36,7 +36,9 @@ from captum_ntk.kernels import build_feature_map  # noqa: E402
 def make_model(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor]]:
     torch.manual_seed(0)
     if name == "mlp":
-        model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        model = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+        )
         return model.eval(), lambda n: torch.randn(n, 784)
     from resnet import ResNet18
 
@@ -58,7 +60,9 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int = 3) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["mlp", "resnet18"], default="mlp")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="examples per block")
@@ -109,24 +113,34 @@ def main() -> None:
     k = min(args.projection_dim, num_params - 1)
     for kernel in ("proj_pntk", "proj_trntk"):
         pmap = build_feature_map(model, kernel, projection_dim=k)
-        results[f"captum_ntk {kernel} K={k} features (ex/s)"] = bs / timed(lambda: pmap(inputs), device, repeat=2)
+        results[f"captum_ntk {kernel} K={k} features (ex/s)"] = bs / timed(
+            lambda pmap=pmap: pmap(inputs), device, repeat=2
+        )
 
     if not args.skip_trak:
         try:
             from trak.projectors import BasicProjector, ProjectionType
 
-            proj = BasicProjector(num_params, k, 0, ProjectionType.rademacher, device, block_size=100)
+            proj = BasicProjector(
+                num_params, k, 0, ProjectionType.rademacher, device, block_size=100
+            )
             gmap = build_feature_map(model, "pntk0")
 
             def trak_features():
                 g = torch.cat(gmap.function.summed_gradient(inputs), dim=1)
                 return proj.project(g, model_id=0)
 
-            results[f"TRAK BasicProjector proj-pNTK K={k} (ex/s)"] = bs / timed(trak_features, device, repeat=1)
+            results[f"TRAK BasicProjector proj-pNTK K={k} (ex/s)"] = bs / timed(
+                trak_features, device, repeat=1
+            )
         except Exception as exc:  # noqa: BLE001 - report and continue
             print(f"TRAK skipped: {type(exc).__name__}: {exc}")
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
     header = (
         f"{args.model} P={num_params:,} C=10 batch={bs} device={name} torch={torch.__version__} "
         f"threads={torch.get_num_threads()} tf32={args.tf32}"

@@ -54,7 +54,11 @@ def _as_label_tensor(labels: Any) -> Tensor | None:
 def as_loader(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
     """A DataLoader over ``data`` in a fixed order (a DataLoader is used as is)."""
     if isinstance(data, DataLoader):
-        sampler = data.sampler if data.batch_sampler is None else getattr(data.batch_sampler, "sampler", None)
+        sampler = (
+            data.sampler
+            if data.batch_sampler is None
+            else getattr(data.batch_sampler, "sampler", None)
+        )
         if not isinstance(sampler, SequentialSampler):
             raise ValueError(
                 "The DataLoader does not iterate its dataset in order (shuffle=True or a custom "

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
-InputsLike = Union[Tensor, tuple, list, Mapping]
+InputsLike = Tensor | tuple | list | Mapping
 
 #: Keys of a Mapping batch that are targets, not forward arguments (Captum/HF convention).
 LABEL_KEYS = ("labels", "label")
@@ -106,7 +106,9 @@ class ModelInputs:
     # ------------------------------------------------------------------ transforms
     def map(self, fn) -> ModelInputs:
         """Applies ``fn`` to every tensor and returns new inputs."""
-        return ModelInputs(tuple(fn(a) for a in self.args), {k: fn(v) for k, v in self.kwargs.items()})
+        return ModelInputs(
+            tuple(fn(a) for a in self.args), {k: fn(v) for k, v in self.kwargs.items()}
+        )
 
     def slice(self, start: int, stop: int) -> ModelInputs:
         """Examples ``start:stop``."""
@@ -116,7 +118,9 @@ class ModelInputs:
         """Examples at the integer indices ``idx``."""
         return self.map(lambda t: t[idx.to(t.device)])
 
-    def to(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> ModelInputs:
+    def to(
+        self, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> ModelInputs:
         """Moves tensors to ``device``; casts floating-point tensors to ``dtype``."""
 
         def move(t: Tensor) -> Tensor:
@@ -141,7 +145,9 @@ class ModelInputs:
         return ModelInputs(args, kwargs)
 
     # ------------------------------------------------------------------ checks
-    def check_compatible(self, other: ModelInputs, names: tuple[str, str] = ("inputs1", "inputs2")) -> None:
+    def check_compatible(
+        self, other: ModelInputs, names: tuple[str, str] = ("inputs1", "inputs2")
+    ) -> None:
         r"""Raises a ValueError when ``other`` cannot be fed to the same model as ``self``.
 
         Both must have the same structure (number of positional tensors, keyword names),

@@ -102,7 +102,9 @@ class NTKAttribution(DataInfluence):
         self.memory_limit = (
             memory_limit if memory_limit is not None else default_memory_limit(function.device)
         )
-        self.block_size = min(batch_size, auto_batch_size(self.feature_map, self.train_inputs, self.memory_limit))
+        self.block_size = min(
+            batch_size, auto_batch_size(self.feature_map, self.train_inputs, self.memory_limit)
+        )
         self._train = FeatureCache(self.feature_map, self.train_inputs, self.block_size, "training")
         self.normalize = KERNELS[self.kernel]
         self.train_kernel: Tensor | None = None
@@ -124,7 +126,11 @@ class NTKAttribution(DataInfluence):
         return inputs
 
     def _blocks(self, inputs: ModelInputs | None, show_progress: bool, desc: str):
-        rows = self._train if inputs is None else FeatureCache(self.feature_map, inputs, self.block_size)
+        rows = (
+            self._train
+            if inputs is None
+            else FeatureCache(self.feature_map, inputs, self.block_size)
+        )
         cols = None if inputs is None else self._train
         return iter_kernel_blocks(
             rows,
@@ -171,9 +177,13 @@ class NTKAttribution(DataInfluence):
                 )
             return self._top_k(x, k, proponents, show_progress)
 
-    def _top_k(self, x: ModelInputs, k: int, proponents: bool, show_progress: bool) -> KMostInfluentialResults:
+    def _top_k(
+        self, x: ModelInputs, k: int, proponents: bool, show_progress: bool
+    ) -> KMostInfluentialResults:
         if not 1 <= k <= self.num_train:
-            raise ValueError(f"k must lie in [1, {self.num_train}] (the training set size), got {k}.")
+            raise ValueError(
+                f"k must lie in [1, {self.num_train}] (the training set size), got {k}."
+            )
         n = len(x)
         best_scores: Tensor | None = None
         best_idx: Tensor | None = None
@@ -202,8 +212,10 @@ class NTKAttribution(DataInfluence):
             Tensor: (n,) on the CPU.
         """
         with check_mode(self.model, self.eval_mode):
-            cache = self._train if inputs is None else FeatureCache(
-                self.feature_map, self._test_inputs(inputs), self.block_size
+            cache = (
+                self._train
+                if inputs is None
+                else FeatureCache(self.feature_map, self._test_inputs(inputs), self.block_size)
             )
             sq = cache.all_sq_norms().cpu()
         if self.normalize:
@@ -229,7 +241,9 @@ class NTKAttribution(DataInfluence):
         x = self.train_inputs if inputs is None else inputs
         function = self.feature_map.function
         with check_mode(self.model, self.eval_mode):
-            logits = torch.cat([function.batch_logits(b).cpu() for _, b in x.blocks(self.block_size)])
+            logits = torch.cat(
+                [function.batch_logits(b).cpu() for _, b in x.blocks(self.block_size)]
+            )
         if logits.shape[1] == 1:
             return (logits[:, 0] > 0).long()
         return logits.argmax(dim=1)

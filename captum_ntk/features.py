@@ -20,7 +20,6 @@ implementation (per-layer Grams) can slot in by providing the same three methods
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -65,7 +64,7 @@ class ParamBlocks:
         return self.parts[0].element_size()
 
 
-Features = Union[Tensor, ParamBlocks]
+Features = Tensor | ParamBlocks
 
 
 def _flat(t: Tensor) -> Tensor:

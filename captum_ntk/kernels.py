@@ -130,9 +130,7 @@ def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
     return inv, zero
 
 
-def cosine_normalize(
-    kernel: Tensor, sq1: Tensor, sq2: Tensor, symmetric: bool = False
-) -> Tensor:
+def cosine_normalize(kernel: Tensor, sq1: Tensor, sq2: Tensor, symmetric: bool = False) -> Tensor:
     r"""``kernel[i, j] / sqrt(sq1[i] * sq2[j])``; entries of zero-norm examples are 0.
 
     Args:

@@ -203,7 +203,9 @@ class RandomProjection:
         self.device = torch.device(device)
         self.dtype = dtype
         width = column_width(self.projection_dim)
-        self.bounds = [(s, min(s + width, self.num_params)) for s in range(0, self.num_params, width)]
+        self.bounds = [
+            (s, min(s + width, self.num_params)) for s in range(0, self.num_params, width)
+        ]
         itemsize = torch.tensor([], dtype=dtype).element_size()
         self._cache: list[Tensor] | None = None
         self._row_key: Tensor | None = None
@@ -232,11 +234,15 @@ class RandomProjection:
         for part in parts:
             offsets.append(offsets[-1] + part.shape[-1])
         if offsets[-1] != self.num_params:
-            raise ValueError(f"Expected gradients with {self.num_params} columns, got {offsets[-1]}.")
+            raise ValueError(
+                f"Expected gradients with {self.num_params} columns, got {offsets[-1]}."
+            )
         first = parts[0]
         if self._use_triton(first):
             return self._triton_project(parts, offsets)
-        out = torch.zeros(first.shape[0], self.projection_dim, device=first.device, dtype=first.dtype)
+        out = torch.zeros(
+            first.shape[0], self.projection_dim, device=first.device, dtype=first.dtype
+        )
         for i, (start, stop) in enumerate(self.bounds):
             pieces = [
                 part[:, max(start, lo) - lo : min(stop, hi) - lo]

@@ -17,9 +17,13 @@ from captum_ntk.projection import (
 
 def test_block_generation_is_consistent_with_whole_matrix() -> None:
     whole = projection_matrix(5000, 64, seed=7)
-    assert torch.equal(projection_block(64, 1234, 4321, seed=7, dtype=torch.float64), whole[:, 1234:4321])
+    assert torch.equal(
+        projection_block(64, 1234, 4321, seed=7, dtype=torch.float64), whole[:, 1234:4321]
+    )
     gauss = projection_matrix(3000, 32, "gaussian", seed=7)
-    assert torch.equal(projection_block(32, 100, 900, "gaussian", seed=7, dtype=torch.float64), gauss[:, 100:900])
+    assert torch.equal(
+        projection_block(32, 100, 900, "gaussian", seed=7, dtype=torch.float64), gauss[:, 100:900]
+    )
 
 
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
@@ -111,4 +115,6 @@ def test_fused_cuda_projection_matches_the_matrix(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(tf32, ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
     # the same features as the blockwise torch path on the CPU, up to float rounding
     cpu = RandomProjection(p, k, seed=11, dtype=torch.float64, cache_bytes=0)(g.double().cpu())
-    torch.testing.assert_close(fused.cpu().double(), cpu, rtol=1e-4, atol=1e-4 * float(cpu.abs().max()))
+    torch.testing.assert_close(
+        fused.cpu().double(), cpu, rtol=1e-4, atol=1e-4 * float(cpu.abs().max())
+    )
