@@ -1,0 +1,255 @@
+"""The digits demo end to end (``--quick``), its CLI, and the models / datasets / plots it uses."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import TensorDataset
+
+from captum_ntk import TrNTKAttribution, cli
+from captum_ntk.datasets import load_digits_tensors
+from captum_ntk.demo import (
+    ALL_KERNELS,
+    DEMO_MODELS,
+    choose_projection_dim,
+    format_table,
+    kernel_attributions,
+)
+from captum_ntk.models import DigitsCNN, DigitsMLP, train_classifier
+from captum_ntk.plots import plot_class_attribution, plot_exemplars, predicted_class_attributions
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MODEL_NAMES = [spec.name for spec in DEMO_MODELS]
+
+
+# ------------------------------------------------------------------------------------ demo
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    status = cli.main(["demo", "--quick", "--output", str(out), "--no-progress"])
+    return status, out
+
+
+def test_demo_quick_writes_outputs(quick_demo: tuple[int, Path]) -> None:
+    status, out = quick_demo
+    assert status == 0
+    assert (out / "report.md").is_file()
+    assert (out / "results.json").is_file()
+    for name in MODEL_NAMES:
+        for kind in ("class_attribution", "proponents", "opponents", "similar"):
+            png = out / f"{name}_{kind}.png"
+            assert png.is_file(), png
+            assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_quick_table(quick_demo: tuple[int, Path]) -> None:
+    _, out = quick_demo
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(r["model"], r["kernel"]) for r in rows] == [
+        (m, k) for m in MODEL_NAMES for k in ALL_KERNELS
+    ]
+    for row in rows:
+        assert math.isfinite(row["tau"]) and -1.0 <= row["tau"] <= 1.0, row
+        assert math.isfinite(row["tad"]) and -1.0 <= row["tad"] <= 1.0, row
+        # R_miss is undefined (null) when neither model errs
+        assert row["r_miss"] is None or 0.0 <= row["r_miss"] <= 1.0, row
+        assert 0.0 <= row["acc_nn"] <= 1.0 and 0.0 <= row["acc_kglm"] <= 1.0
+        assert math.isfinite(row["seconds"]) and row["seconds"] >= 0
+        assert math.isclose(row["tad"], row["acc_kglm"] - row["acc_nn"], abs_tol=1e-9)
+    for name, info in results["models"].items():
+        assert info["projection_dim"] < info["num_parameters"], name
+    assert results["config"]["quick"] is True
+    assert results["config"]["n_train"] == 200
+    report = (out / "report.md").read_text()
+    for model in MODEL_NAMES:
+        for kernel in ALL_KERNELS:
+            assert f"| {model} | {kernel}" in report
+    assert "![mlp_class_attribution.png](mlp_class_attribution.png)" in report
+
+
+def test_cli_help_subprocess() -> None:
+    script = shutil.which("captum-ntk") or str(Path(sys.executable).parent / "captum-ntk")
+    command = [script] if Path(script).exists() else [sys.executable, "-m", "captum_ntk.cli"]
+    done = subprocess.run(
+        [*command, "demo", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    for option in ("--output", "--n-train", "--n-test", "--projection-dim", "--seed",
+                   "--kernels", "--quick", "--no-plots"):
+        assert option in done.stdout
+
+
+def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as error:
+        cli.main(["demo", "--kernels", "trntk,nonsense"])
+    assert error.value.code == 2
+    assert "nonsense" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([])  # a subcommand is required
+
+
+def test_demo_helpers() -> None:
+    assert choose_projection_dim(1024, 8970) == 1024
+    assert choose_projection_dim(10240, 8970) == 4096
+    assert choose_projection_dim(8970, 8970) < 8970
+    rows = [{"model": "m", "kernel": "trntk", "tau": 0.5, "tad": 0.0, "r_miss": float("nan"),
+             "acc_nn": 1.0, "acc_kglm": 1.0, "seconds": 0.1, "converged": False}]
+    markdown = format_table(rows, markdown=True)
+    assert "| m | trntk* | 0.500 | +0.000 | n/a |" in markdown
+    assert "tau_K" in format_table(rows)
+
+
+def test_kernel_attributions_match_attribute() -> None:
+    x_train, y_train, x_test, _ = load_digits_tensors(train_size=60, test_size=10, seed=1)
+    model = train_classifier(DigitsMLP(hidden=16, seed=1), x_train, y_train, epochs=2, seed=1)
+    attr = TrNTKAttribution(model, TensorDataset(x_train, y_train))
+    glm = attr.fit_surrogate()
+    expected = attr.attribute(x_test)
+    actual = kernel_attributions(attr.influence(x_test), glm)
+    torch.testing.assert_close(actual, expected)
+
+
+# ------------------------------------------------------------------------------------ models
+@pytest.mark.parametrize("num_outputs", [10, 1])
+def test_model_shapes(num_outputs: int) -> None:
+    images = torch.rand(5, 1, 8, 8)
+    mlp, cnn = DigitsMLP(num_outputs=num_outputs), DigitsCNN(num_outputs=num_outputs).eval()
+    assert mlp(images.flatten(1)).shape == (5, num_outputs)
+    assert mlp(images).shape == (5, num_outputs)
+    assert cnn(images).shape == (5, num_outputs)
+    assert cnn(images.flatten(1)).shape == (5, num_outputs)
+    assert cnn.embedding(images).shape == (5, 32 * 16)
+
+
+def test_models_are_seeded() -> None:
+    state = torch.random.get_rng_state()
+    a, b, c = DigitsCNN(seed=3), DigitsCNN(seed=3), DigitsCNN(seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
+    with pytest.raises(ValueError):
+        DigitsMLP(num_outputs=0)
+
+
+def test_train_classifier_deterministic_and_learns() -> None:
+    x_train, y_train, x_test, y_test = load_digits_tensors(train_size=300, test_size=100)
+    runs = [
+        train_classifier(DigitsMLP(seed=0), x_train, y_train, epochs=5, lr=1e-2, seed=0)
+        for _ in range(2)
+    ]
+    assert not runs[0].training
+    for pa, pb in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    with torch.no_grad():
+        accuracy = (runs[0](x_test).argmax(1) == y_test).double().mean()
+    assert accuracy > 0.8
+
+
+def test_train_classifier_single_logit_and_batchnorm() -> None:
+    x_train, y_train, x_test, y_test = load_digits_tensors(classes=(0, 1), image=True, seed=2)
+    model = train_classifier(DigitsCNN(num_outputs=1), x_train, y_train, epochs=3, lr=1e-2)
+    assert not model.training and not model.bn1.training
+    with torch.no_grad():
+        predictions = (model(x_test)[:, 0] > 0).long()
+    assert (predictions == y_test).double().mean() > 0.9
+
+
+# ------------------------------------------------------------------------------------ data
+def test_load_digits_shapes_and_scaling() -> None:
+    x_train, y_train, x_test, y_test = load_digits_tensors(test_size=0.25, seed=0)
+    assert x_train.shape[1:] == (64,) and x_test.shape[1:] == (64,)
+    assert len(x_train) + len(x_test) == 1797
+    assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    assert float(x_train.min()) >= 0.0 and float(x_train.max()) == 1.0
+    images = load_digits_tensors(train_size=100, test_size=50, image=True)
+    assert images[0].shape == (100, 1, 8, 8) and images[2].shape == (50, 1, 8, 8)
+    assert set(y_test.tolist()) == set(range(10))
+
+
+def test_load_digits_is_stratified() -> None:
+    _, y_train, _, y_test = load_digits_tensors(train_size=1000, test_size=500, seed=5)
+    train_share = torch.bincount(y_train, minlength=10).double() / len(y_train)
+    test_share = torch.bincount(y_test, minlength=10).double() / len(y_test)
+    assert torch.allclose(train_share, test_share, atol=0.005)
+
+
+def test_load_digits_two_classes() -> None:
+    from sklearn.datasets import load_digits
+
+    x_train, y_train, x_test, y_test = load_digits_tensors(classes=(3, 8), test_size=0.3)
+    assert set(y_train.tolist()) == {0, 1} and set(y_test.tolist()) == {0, 1}
+    raw = load_digits()
+    n_pair = int(np.isin(raw.target, [3, 8]).sum())
+    assert len(y_train) + len(y_test) == n_pair
+    threes = torch.from_numpy(raw.data[raw.target == 3].astype(np.float32) / 16)
+    # label 0 is digit 3: every training image labelled 0 is one of the 3s
+    first_zero = x_train[y_train == 0][0]
+    assert bool((threes == first_zero).all(dim=1).any())
+    _, y_digits, _, _ = load_digits_tensors(classes=(3, 8), binary_labels=False)
+    assert set(y_digits.tolist()) == {3, 8}
+    with pytest.raises(ValueError):
+        load_digits_tensors(classes=(3,))
+    with pytest.raises(ValueError):
+        load_digits_tensors(classes=(3, 12))
+
+
+# ------------------------------------------------------------------------------------ plots
+def test_plot_class_attribution(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    attributions = torch.randn(6, 10, 40, generator=generator)
+    train_labels = torch.arange(40) % 10
+    test_pred = torch.tensor([0, 1, 2, 3, 4, 9])
+    path = tmp_path / "fig2.png"
+    fig = plot_class_attribution(attributions, train_labels, test_pred, title="t", path=path)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3  # heat map, distribution, colour bar
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    binary = plot_class_attribution(
+        torch.randn(4, 1, 12, generator=generator), torch.arange(12) % 2, torch.tensor([0, 1, 1, 0]),
+        class_names=["3", "8"],
+    )
+    assert isinstance(binary, Figure)
+    with pytest.raises(ValueError):
+        plot_class_attribution(attributions, train_labels[:5], test_pred)
+
+
+def test_predicted_class_attributions_single_logit_sign() -> None:
+    attributions = torch.tensor([[[1.0, -2.0]], [[1.0, -2.0]]])  # (2, 1, 2)
+    toward = predicted_class_attributions(attributions, torch.tensor([1, 0]))
+    torch.testing.assert_close(toward, torch.tensor([[1.0, -2.0], [-1.0, 2.0]], dtype=torch.float64))
+    multi = torch.arange(12.0).reshape(2, 3, 2)
+    torch.testing.assert_close(
+        predicted_class_attributions(multi, torch.tensor([2, 0])),
+        torch.tensor([[4.0, 5.0], [6.0, 7.0]], dtype=torch.float64),
+    )
+
+
+def test_plot_exemplars(tmp_path: Path) -> None:
+    train_images = torch.rand(20, 64)
+    test_images = torch.rand(3, 1, 8, 8)
+    indices = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [19, 18, 17, 16, 15]])
+    scores = torch.rand(3, 5)
+    path = tmp_path / "sub" / "top5.png"
+    fig = plot_exemplars(
+        test_images, train_images, indices, scores,
+        test_labels=torch.tensor([1, 2, 3]), test_pred=torch.tensor([1, 2, 4]),
+        train_labels=torch.arange(20) % 10, title="top-5", path=path,
+    )
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3 * 6
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError):
+        plot_exemplars(test_images, train_images, indices[:, :2], scores)
+    with pytest.raises(ValueError):
+        plot_exemplars(test_images, train_images, indices + 10, scores)
