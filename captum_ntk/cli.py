@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
     demo.add_argument("--kernels", type=_kernels, default=None, metavar="LIST", help=_KERNEL_HELP)
     demo.add_argument("--alpha", type=float, default=None,
-                      help="L2 strength of the kGLM (default: 1e-3)")
+                      help="L2 strength of the kGLM (default: 1e-3 for the 10-class models, 1e-1 for the single-logit one)")
     demo.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
                       help="kGLM class weights (default: %(default)s)")
     demo.add_argument(
