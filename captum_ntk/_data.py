@@ -98,8 +98,8 @@ def collect(
     r"""Reads a whole Dataset / DataLoader / batch into memory (inputs, not gradients).
 
     Args:
-        data: a Dataset, a DataLoader, an iterable of batches or a single batch (Tensor,
-                tuple or Mapping).
+        data: a Dataset, a DataLoader, a list of examples (tuples or dicts), an iterable
+                of batches, or a single batch (Tensor, tuple, list of Tensors or Mapping).
         batch_size (int): DataLoader batch size for a Dataset.
         name (str): name for error messages.
 
@@ -107,7 +107,11 @@ def collect(
         (ModelInputs, Tensor or None): all N inputs and the (N,) labels (None if the
         batches carry none).
     """
-    if isinstance(data, (Tensor, tuple, list, Mapping)):
+    if isinstance(data, list) and data and isinstance(data[0], (tuple, list, Mapping)):
+        # a list of examples, e.g. [(x_i, y_i), ...] or [{"input_ids": ..., "labels": ...}, ...],
+        # is a map-style dataset (as in Captum)
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    elif isinstance(data, (Tensor, tuple, list, Mapping)):
         return split_batch(data, name)
     inputs, labels = [], []
     for i, batch in enumerate(as_loader(data, batch_size)):

@@ -206,7 +206,9 @@ class NTKAttribution(DataInfluence):
     def self_influence(self, inputs: Any = None, show_progress: bool = False) -> Tensor:
         r"""Diagonal of the kernel: κ(x_i, x_i) for the training set (or for ``inputs``).
 
-        Normalised kernels give 1 (0 for a zero-norm example).
+        Normalised kernels give 1 (0 for a zero-norm example); use an unnormalised class
+        (``TrNTK0Attribution``, ``PNTK0Attribution``) for squared gradient norms, which are
+        what flags unusual examples.
 
         Returns:
             Tensor: (n,) on the CPU.
@@ -306,7 +308,9 @@ class NTKAttribution(DataInfluence):
             inputs (Tensor, tuple, Mapping or DataLoader): test batch.
             target (int, sequence of int or Tensor, optional): Captum-style class indices:
                     one int for every example, or one per example. Default: None, every
-                    logit of the kGLM.
+                    logit of the kGLM. A binary kGLM (one logit s, the log-odds of class 1)
+                    accepts classes 0 and 1: class 1 gives the attributions of s, class 0
+                    their negation (they sum to -s, the log-odds of class 0).
             show_progress (bool): progress bar.
 
         Returns:
@@ -328,10 +332,15 @@ class NTKAttribution(DataInfluence):
                 f"target has {t.numel()} entries for {kernel.shape[0]} test examples; pass one int "
                 "or one per example."
             )
-        if bool((t < 0).any()) or bool((t >= n_logits).any()):
+        n_classes = 2 if n_logits == 1 else n_logits
+        if bool((t < 0).any()) or bool((t >= n_classes).any()):
             raise ValueError(
-                f"target out of range: the kGLM has {n_logits} logit(s) (valid targets 0..{n_logits - 1})."
+                f"target out of range: the kGLM has {n_logits} logit(s) (valid targets "
+                f"0..{n_classes - 1})."
             )
+        if n_logits == 1:
+            sign = (2 * t - 1).to(kernel.dtype)[:, None]
+            return sign * (kernel * coef[0] + intercept[0] / self.num_train)
         return kernel * coef[t] + (intercept[t] / self.num_train)[:, None]
 
 

@@ -38,7 +38,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .attribution import ATTRIBUTION_CLASSES, NTKAttribution
 from .datasets import load_digits_tensors

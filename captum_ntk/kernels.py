@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._inputs import ModelInputs
 from ._model import ModelFunction, check_finite, check_mode

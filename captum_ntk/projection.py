@@ -194,7 +194,7 @@ class RandomProjection:
             raise ValueError(
                 f"projection_dim={projection_dim} is not smaller than the number of parameters "
                 f"P={num_params}: a projection saves nothing there. Use the exact kernel "
-                "('trntk' / 'pntk') or a smaller projection_dim."
+                f"('trntk' / 'pntk') or a smaller projection_dim (e.g. {max(1, num_params // 2)})."
             )
         self.num_params = int(num_params)
         self.projection_dim = int(projection_dim)

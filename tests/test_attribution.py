@@ -469,10 +469,15 @@ def test_attribute_with_target_binary() -> None:
     attr.fit_surrogate(**QUICK_GLM)
     full = attr.attribute(case.test_batch)
     assert full.shape == (N_TEST, 1, N_TRAIN)
-    assert_close(attr.attribute(case.test_batch, target=0), full[:, 0])
-    assert_close(attr.attribute(case.test_batch, target=[0] * N_TEST), full[:, 0])
+    assert_close(attr.attribute(case.test_batch, target=1), full[:, 0])
+    assert_close(attr.attribute(case.test_batch, target=[1] * N_TEST), full[:, 0])
+    # class 0 of a binary kGLM: the negated attributions (they sum to the log-odds of class 0)
+    assert_close(attr.attribute(case.test_batch, target=0), -full[:, 0])
+    mixed = torch.tensor([i % 2 for i in range(N_TEST)])
+    expected = torch.where(mixed[:, None] == 1, full[:, 0], -full[:, 0])
+    assert_close(attr.attribute(case.test_batch, target=mixed), expected)
     with pytest.raises(ValueError, match="target"):
-        attr.attribute(case.test_batch, target=1)
+        attr.attribute(case.test_batch, target=2)
 
 
 @pytest.mark.parametrize("target", [3, -1, [0, 1, 3, 0, 0, 0, 0]])

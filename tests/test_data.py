@@ -103,3 +103,15 @@ def test_pad_concat_pads_token_tensors() -> None:
     assert out.shape == (3, 5)
     assert torch.equal(out[:2, 3:], torch.zeros(2, 2, dtype=torch.long))
     assert torch.equal(out[2], torch.full((5,), 2, dtype=torch.long))
+
+
+def test_list_of_examples_is_a_dataset() -> None:
+    x = torch.arange(12.0).reshape(6, 2)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    inputs, labels = collect([(x[i], y[i]) for i in range(6)], batch_size=4)
+    assert torch.equal(inputs.args[0], x) and torch.equal(labels, y)
+    inputs, labels = collect([{"x": x[i], "labels": y[i]} for i in range(6)], batch_size=4)
+    assert torch.equal(inputs.kwargs["x"], x) and torch.equal(labels, y)
+    # a list of Tensors stays one batch of positional inputs
+    inputs, labels = collect([x, x + 1], batch_size=4)
+    assert labels is not None and torch.equal(inputs.args[0], x)
