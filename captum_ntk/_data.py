@@ -31,18 +31,31 @@ def split_batch(batch: Any, name: str = "batch") -> tuple[ModelInputs, Tensor | 
         return ModelInputs.from_user(batch, name), None
     if isinstance(batch, Mapping):
         labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
-        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
-        return ModelInputs.from_user(inputs, name), _as_label_tensor(labels)
+        inputs = ModelInputs.from_user(
+            {k: v for k, v in batch.items() if k not in LABEL_KEYS}, name
+        )
+        return inputs, _check_labels(_as_label_tensor(labels), inputs, name)
     if isinstance(batch, (tuple, list)):
         if len(batch) == 0:
             raise ValueError(f"{name} is an empty tuple.")
         if len(batch) == 1:
             return ModelInputs.from_user(tuple(batch), name), None
-        return ModelInputs.from_user(tuple(batch[:-1]), name), _as_label_tensor(batch[-1])
+        inputs = ModelInputs.from_user(tuple(batch[:-1]), name)
+        return inputs, _check_labels(_as_label_tensor(batch[-1]), inputs, name)
     raise TypeError(
         f"{name} must be a Tensor, a tuple (inputs..., labels) or a Mapping with keyword inputs "
         f"and 'labels'; got {type(batch).__name__}."
     )
+
+
+def _check_labels(labels: Tensor | None, inputs: ModelInputs, name: str) -> Tensor | None:
+    if labels is not None and labels.shape[0] != inputs.num_examples:
+        raise ValueError(
+            f"{name}: {labels.shape[0]} labels for {inputs.num_examples} examples. A tuple batch "
+            "is (inputs..., labels) (Captum's convention); pass a Tensor or (x,) for inputs "
+            "without labels."
+        )
+    return labels
 
 
 def _as_label_tensor(labels: Any) -> Tensor | None:
@@ -77,14 +90,16 @@ def as_loader(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterabl
 
 
 def pad_concat(parts: list[ModelInputs]) -> ModelInputs:
-    r"""Concatenates batches; keyword (N, T) integer tensors are right-padded with 0 to the
-    longest T (padding is trimmed again per block before the model sees it)."""
+    r"""Concatenates batches; in text batches (with an ``attention_mask``) keyword (N, T)
+    integer tensors are right-padded with 0 to the longest T (masked, and trimmed again per
+    block before a transformers model sees it)."""
     if len(parts) == 1:
         return parts[0]
     kwargs = {}
+    text = "attention_mask" in parts[0].kwargs
     for key in parts[0].kwargs:
         tensors = [p.kwargs[key] for p in parts]
-        if tensors[0].dim() == 2 and not tensors[0].is_floating_point():
+        if text and tensors[0].dim() == 2 and not tensors[0].is_floating_point():
             length = max(t.shape[1] for t in tensors)
             tensors = [torch.nn.functional.pad(t, (0, length - t.shape[1])) for t in tensors]
         kwargs[key] = torch.cat(tensors)

@@ -114,10 +114,6 @@ class ModelInputs:
         """Examples ``start:stop``."""
         return self.map(lambda t: t[start:stop])
 
-    def index(self, idx: Tensor) -> ModelInputs:
-        """Examples at the integer indices ``idx``."""
-        return self.map(lambda t: t[idx.to(t.device)])
-
     def to(
         self, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> ModelInputs:
@@ -136,14 +132,6 @@ class ModelInputs:
         for start in range(0, n, batch_size):
             yield start, self.slice(start, min(start + batch_size, n))
 
-    @staticmethod
-    def concat(parts: list[ModelInputs]) -> ModelInputs:
-        """Concatenates inputs along dimension 0 (all parts must have equal trailing shapes)."""
-        first = parts[0]
-        args = tuple(torch.cat([p.args[i] for p in parts]) for i in range(len(first.args)))
-        kwargs = {k: torch.cat([p.kwargs[k] for p in parts]) for k in first.kwargs}
-        return ModelInputs(args, kwargs)
-
     # ------------------------------------------------------------------ checks
     def check_compatible(
         self, other: ModelInputs, names: tuple[str, str] = ("inputs1", "inputs2")
@@ -151,8 +139,9 @@ class ModelInputs:
         r"""Raises a ValueError when ``other`` cannot be fed to the same model as ``self``.
 
         Both must have the same structure (number of positional tensors, keyword names),
-        dtypes and per-example shapes. For keyword (Hugging Face style) integer tensors of
-        shape (N, T) the sequence length T may differ, since padding is per batch.
+        dtypes and per-example shapes. For keyword integer tensors of shape (N, T) in batches
+        with an ``attention_mask`` (Hugging Face style) the sequence length T may differ,
+        since padding is per batch.
         """
         a, b = names
         if len(self.args) != len(other.args) or set(self.kwargs) != set(other.kwargs):
@@ -170,7 +159,13 @@ class ModelInputs:
                     "cast them to the same dtype."
                 )
             s1, s2 = tuple(t1.shape[1:]), tuple(t2.shape[1:])
-            token_like = isinstance(key, str) and not t1.is_floating_point() and len(s1) == 1
+            # padded token tensors of text batches may differ in length (trimmed per block)
+            token_like = (
+                isinstance(key, str)
+                and "attention_mask" in self.kwargs
+                and not t1.is_floating_point()
+                and len(s1) == 1
+            )
             if token_like:
                 continue
             if s1 != s2:

@@ -43,6 +43,8 @@ def stochastic_train_mode_modules(model: nn.Module) -> list[str]:
     for name, m in model.named_modules():
         if not m.training:
             continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            continue  # reported by batch_statistics_modules: eval mode does not help
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             found.append(f"{name or '<root>'} ({type(m).__name__})")
         elif isinstance(m, _DROPOUT_TYPES) and m.p > 0:
@@ -50,6 +52,15 @@ def stochastic_train_mode_modules(model: nn.Module) -> list[str]:
         elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
             found.append(f"{name or '<root>'} (MultiheadAttention, dropout={m.dropout})")
     return found
+
+
+def batch_statistics_modules(model: nn.Module) -> list[str]:
+    """Names of BatchNorm modules without running statistics (batch-dependent even in eval)."""
+    return [
+        f"{name or '<root>'} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+    ]
 
 
 @contextlib.contextmanager
@@ -75,6 +86,14 @@ def check_mode(model: nn.Module, eval_mode: bool) -> contextlib.AbstractContextM
     Returns:
         A context manager to run the computation in.
     """
+    batch_stats = batch_statistics_modules(model)
+    if batch_stats:
+        raise RuntimeError(
+            "BatchNorm without running statistics (track_running_stats=False) normalises with "
+            "the batch's statistics even in eval mode, so the model has no per-example NTK: "
+            + ", ".join(batch_stats[:5])
+            + ". Use track_running_stats=True (and model.eval()) or another normalisation."
+        )
     if eval_mode:
         return eval_mode_of(model)
     offending = stochastic_train_mode_modules(model)
@@ -130,6 +149,11 @@ class ModelFunction:
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ValueError("The model has no parameters.")
+        if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+            raise ValueError(
+                "The model's parameters are on the 'meta' device (not materialised); load its "
+                "weights (e.g. model.to_empty(device=...) then load_state_dict) first."
+            )
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
@@ -292,7 +316,8 @@ class ModelFunction:
         modules = dict(self.model.named_modules())
         captured: dict[str, Tensor] = {}
         handles = []
-        for name in resolve_modules(self.model, layers):
+        layers = resolve_modules(self.model, layers)
+        for name in layers:
 
             def hook(module, args, out, name=name):
                 value = args[0] if which == "input" else out

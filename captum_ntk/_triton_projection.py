@@ -108,6 +108,8 @@ def project_accumulate(
     # split P so that there are enough programs to fill the GPU (about 4 waves of 132 SMs);
     # the split depends on K and P only, so a row's sum order does not depend on M
     splits = max(1, min(triton.cdiv(528, grid_k), triton.cdiv(p, 8 * block_p)))
+    # bound the partial sums' scratch memory (splits x M x K floats) to 256 MiB
+    splits = max(1, min(splits, (256 << 20) // (4 * m * k)))
     p_per_split = triton.cdiv(triton.cdiv(p, splits), block_p) * block_p
     splits = triton.cdiv(p, p_per_split)
     partial = torch.empty(splits, m, k, device=g.device, dtype=torch.float32)

@@ -195,9 +195,13 @@ class NTKAttribution(DataInfluence):
                 scores, indices = rows_done[rstart]
                 block = torch.cat([scores, block], dim=1)
                 idx = torch.cat([indices, idx], dim=1)
+            # ties go to the lower training index, whatever the block sizes: order the
+            # candidates by index, then sort stably by score
+            by_index = idx.argsort(dim=1, stable=True)
+            block, idx = torch.gather(block, 1, by_index), torch.gather(idx, 1, by_index)
+            top, pos = torch.sort(block, dim=1, descending=proponents, stable=True)
             kk = min(k, block.shape[1])
-            top, pos = torch.topk(block, kk, dim=1, largest=proponents, sorted=True)
-            rows_done[rstart] = (top, torch.gather(idx, 1, pos))
+            rows_done[rstart] = (top[:, :kk], torch.gather(idx, 1, pos[:, :kk]))
         best_scores = torch.cat([rows_done[s][0] for s in sorted(rows_done)])
         best_idx = torch.cat([rows_done[s][1] for s in sorted(rows_done)])
         assert best_scores.shape[0] == n
@@ -355,8 +359,9 @@ class _ProjectedMixin:
         Args:
             inputs: a batch (or DataLoader) in the training convention.
             normalize (bool): unit-normalise rows so products equal :meth:`influence`
-                    (zero rows stay zero); False gives the unnormalised features
-                    (proj-trNTK0 / proj-pNTK0 products).
+                    (zero rows stay zero); False gives the unnormalised features: products
+                    sum_c <S g^c_i, S g^c_j> / K (proj-trNTK) or <S sum_c g^c_i, S sum_c g^c_j> / K
+                    (proj-pNTK; C times the projected pNTK0, which has a 1/C).
             show_progress (bool): progress bar.
 
         Returns:

@@ -83,35 +83,66 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
-        "--output", "-o", type=Path, default=Path("captum_ntk_demo_output"), metavar="DIR",
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("captum_ntk_demo_output"),
+        metavar="DIR",
         help="output folder (default: %(default)s)",
     )
-    demo.add_argument("--n-train", type=_positive, default=None, metavar="N",
-                      help="training digits of the 10-class models (default: 1000; --quick: 200)")
-    demo.add_argument("--n-test", type=_positive, default=None, metavar="N",
-                      help="test digits (default: 500; --quick: 100)")
     demo.add_argument(
-        "--projection-dim", type=_positive, default=None, metavar="K",
+        "--n-train",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="training digits of the 10-class models (default: 1000; --quick: 200)",
+    )
+    demo.add_argument(
+        "--n-test",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="test digits (default: 500; --quick: 100)",
+    )
+    demo.add_argument(
+        "--projection-dim",
+        type=_positive,
+        default=None,
+        metavar="K",
         help="K of proj_trntk / proj_pntk (default: 1024; --quick: 256); lowered to a power of "
         "two <= P/2 for a model with P <= K parameters",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
     demo.add_argument("--kernels", type=_kernels, default=None, metavar="LIST", help=_KERNEL_HELP)
-    demo.add_argument("--alpha", type=float, default=None,
-                      help="L2 strength of the kGLM (default: 1e-3 for the 10-class models, 1e-1 for the single-logit one)")
-    demo.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
-                      help="kGLM class weights (default: %(default)s)")
     demo.add_argument(
-        "--binary-classes", type=_pair, default=None, metavar="A,B",
+        "--alpha",
+        type=float,
+        default=None,
+        help="L2 strength of the kGLM (default: 1e-3 for the 10-class models, 1e-1 for the single-logit one)",
+    )
+    demo.add_argument(
+        "--class-weight",
+        choices=("balanced", "none"),
+        default="balanced",
+        help="kGLM class weights (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--binary-classes",
+        type=_pair,
+        default=None,
+        metavar="A,B",
         help="the two digits of the single-logit model (default: 3,8)",
     )
     demo.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads during the demo; 0 keeps torch's default (default: 1, "
         "fastest for these small models on a busy 2-core machine)",
     )
-    demo.add_argument("--quick", action="store_true",
-                      help="reduced sizes for a smoke test (seconds)")
+    demo.add_argument(
+        "--quick", action="store_true", help="reduced sizes for a smoke test (seconds)"
+    )
     demo.add_argument("--no-plots", action="store_true", help="skip the figures")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser

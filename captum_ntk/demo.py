@@ -122,12 +122,27 @@ def _binary_mlp(seed: int) -> nn.Module:
 #: lower Kendall tau (see the report written by the demo).
 DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("mlp", "DigitsMLP 64-64-64-10 (ReLU), 10 classes", _mlp, False, None, 1e-3, 30),
-    DemoModel("cnn", "DigitsCNN conv16-BN-conv32-BN-maxpool-linear, 10 classes", _cnn, True, None,
-              3e-4, 30),
+    DemoModel(
+        "cnn",
+        "DigitsCNN conv16-BN-conv32-BN-maxpool-linear, 10 classes",
+        _cnn,
+        True,
+        None,
+        3e-4,
+        30,
+    ),
     # The binary kGLM is fitted to (nearly) separable labels; without stronger regularisation its
     # margins grow in a direction of their own and tau_K drops to ~0.57 (see the report).
-    DemoModel("mlp-binary", "DigitsMLP 64-64-64-1, one logit", _binary_mlp, False,
-              BINARY_CLASSES, 3e-4, 60, 1e-1),
+    DemoModel(
+        "mlp-binary",
+        "DigitsMLP 64-64-64-1, one logit",
+        _binary_mlp,
+        False,
+        BINARY_CLASSES,
+        3e-4,
+        60,
+        1e-1,
+    ),
 )
 
 
@@ -371,22 +386,34 @@ def _figures(
     k = min(config.top_k, len(y_train))
     toward = predicted_class_attributions(attributions[rows], test_pred[rows])
     common = dict(
-        test_labels=y_test[rows], test_pred=test_pred[rows], train_labels=y_train,
+        test_labels=y_test[rows],
+        test_pred=test_pred[rows],
+        train_labels=y_train,
         class_names=names,
     )
     for kind, largest in (("proponents", True), ("opponents", False)):
         scores, indices = torch.topk(toward, k, dim=1, largest=largest)
         plot_exemplars(
-            x_test[rows], x_train, indices, scores, score_name="attr",
+            x_test[rows],
+            x_train,
+            indices,
+            scores,
+            score_name="attr",
             title=f"{spec.name}: top-{k} {kind} (trNTK kGLM attribution to the predicted class)",
-            path=out / f"{spec.name}_{kind}.png", **common,
+            path=out / f"{spec.name}_{kind}.png",
+            **common,
         )
         files.append(f"{spec.name}_{kind}.png")
     similar = attr.influence(x_test[rows], k=k)
     plot_exemplars(
-        x_test[rows], x_train, similar.indices, similar.influence_scores, score_name="K",
+        x_test[rows],
+        x_train,
+        similar.indices,
+        similar.influence_scores,
+        score_name="K",
         title=f"{spec.name}: top-{k} most similar training digits under the trNTK",
-        path=out / f"{spec.name}_similar.png", **common,
+        path=out / f"{spec.name}_similar.png",
+        **common,
     )
     files.append(f"{spec.name}_similar.png")
     return files
@@ -537,7 +564,13 @@ def _report(
     )
     lines += ["", _NOTES]
     if entk:
-        lines += ["", "## eNTK", "", "The eNTK (N1, N2, C, C) has no kGLM; its cost on 8 test digits:", ""]
+        lines += [
+            "",
+            "## eNTK",
+            "",
+            "The eNTK (N1, N2, C, C) has no kGLM; its cost on 8 test digits:",
+            "",
+        ]
         for name, info in entk.items():
             lines.append(f"- {name}: shape {tuple(info['shape'])}, {info['seconds']:.2f} s")
     if figures:
@@ -568,13 +601,16 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = None) -> di
     log = log if log is not None else tqdm.write
     unknown = [k for k in config.kernels if k not in ALL_KERNELS and k != "entk"]
     if unknown:
-        raise ValueError(f"Unknown kernel(s) {unknown}; choose from {list(ALL_KERNELS) + ['entk']}.")
+        raise ValueError(
+            f"Unknown kernel(s) {unknown}; choose from {list(ALL_KERNELS) + ['entk']}."
+        )
     specs = [s for s in DEMO_MODELS if config.models is None or s.name in config.models]
     pair = tuple(int(d) for d in config.binary_classes)
     if len(pair) != 2 or len(set(pair)) != 2 or not all(0 <= d <= 9 for d in pair):
         raise ValueError(f"binary_classes must be two different digits, got {pair}.")
     specs = [
-        s if s.classes is None
+        s
+        if s.classes is None
         else replace(s, classes=pair, description=f"{s.description}, digits {pair[0]} vs {pair[1]}")
         for s in specs
     ]
@@ -597,7 +633,12 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = None) -> di
             model = spec.build(config.seed)
             t0 = time.perf_counter()
             train_classifier(
-                model, x_train, y_train, epochs=spec.epochs, lr=spec.lr, seed=config.seed,
+                model,
+                x_train,
+                y_train,
+                epochs=spec.epochs,
+                lr=spec.lr,
+                seed=config.seed,
                 show_progress=config.show_progress,
             )
             train_seconds = time.perf_counter() - t0
@@ -627,8 +668,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = None) -> di
                 f"[{spec.name}] P = {num_params}, {len(y_train)} train / {len(y_test)} test "
                 f"digits, test accuracy {acc:.3f} (trained in {train_seconds:.1f} s)"
             )
-            bar = tqdm(kernels, desc=f"{spec.name} kernels", disable=not config.show_progress,
-                       leave=False)
+            bar = tqdm(
+                kernels, desc=f"{spec.name} kernels", disable=not config.show_progress, leave=False
+            )
             for kernel in bar:
                 bar.set_postfix(kernel=kernel)
                 row, attr, test_kernel, glm = _evaluate_kernel(
@@ -659,7 +701,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] | None = None) -> di
             "total_seconds": total,
         }
         (config.output / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
-        (config.output / "report.md").write_text(_report(config, rows, models, figures, entk, total))
+        (config.output / "report.md").write_text(
+            _report(config, rows, models, figures, entk, total)
+        )
         log("")
         log(format_table(rows))
         log("")

@@ -130,25 +130,12 @@ def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
     return inv, zero
 
 
-def cosine_normalize(kernel: Tensor, sq1: Tensor, sq2: Tensor, symmetric: bool = False) -> Tensor:
-    r"""``kernel[i, j] / sqrt(sq1[i] * sq2[j])``; entries of zero-norm examples are 0.
-
-    Args:
-        kernel (Tensor): (N1, N2) unnormalised kernel.
-        sq1 (Tensor): (N1,) squared norms (the unnormalised diagonal) of the rows.
-        sq2 (Tensor): (N2,) squared norms of the columns.
-        symmetric (bool): rows and columns are the same examples: the diagonal is set to
-                exactly 1 (0 for zero-norm examples).
-
-    Returns:
-        Tensor: (N1, N2) normalised kernel.
-    """
-    inv1, zero1 = _inverse_norms(sq1.to(kernel.device, kernel.dtype))
-    inv2, _ = _inverse_norms(sq2.to(kernel.device, kernel.dtype))
-    out = kernel * inv1[:, None] * inv2[None, :]
-    if symmetric:
-        out.diagonal().copy_((~zero1).to(out.dtype))
-    return out
+def _symmetrize(block: Tensor) -> Tensor:
+    """Makes a diagonal block exactly symmetric (rounding of f @ f.T need not be)."""
+    mirrored = block.transpose(0, 1)
+    if mirrored.dim() == 4:
+        mirrored = mirrored.transpose(2, 3)
+    return (block + mirrored) / 2
 
 
 def _warn_zero_norms(rows: set[int], cols: set[int]) -> None:
@@ -285,14 +272,17 @@ def iter_kernel_blocks(
                     if symmetric and cstart < rstart:
                         continue
                     block = fmap.inner(rfeats, cfeats)
+                    diagonal_block = symmetric and rstart == cstart
                     if normalize:
                         inv_r, zr = _inverse_norms(rows.sq_norms[rstart : rstart + len(rfeats)])
                         inv_c, zc = _inverse_norms(cols.sq_norms[cstart : cstart + len(cfeats)])
                         block = block * inv_r[:, None] * inv_c[None, :]
-                        if symmetric and rstart == cstart:
-                            block.diagonal().copy_((~zr).to(block.dtype))
                         zero_rows.update((torch.nonzero(zr).flatten() + rstart).tolist())
                         zero_cols.update((torch.nonzero(zc).flatten() + cstart).tolist())
+                    if diagonal_block:
+                        block = _symmetrize(block)
+                        if normalize:
+                            block.diagonal().copy_((~zr).to(block.dtype))
                     yield rstart, cstart, block
                     bar.update(1)
     if normalize:
@@ -377,7 +367,7 @@ def kernel_matrix(
                 the exact kernel). Default: 10240 as in the paper.
         projection (str): "rademacher" or "gaussian" entries. Default: "rademacher".
         seed (int): projection seed. The same seed gives the same kernel whatever
-                ``batch_size``, ``memory_limit`` or device.
+                ``batch_size``, ``memory_limit`` or device, up to floating-point rounding.
         batch_size (int, optional): examples per block. Default: as many as keep one
                 block's Jacobian (B x C x P) within a quarter of ``memory_limit`` (<= 256).
         device (torch.device or str, optional): compute device. Default: the model's.

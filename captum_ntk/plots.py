@@ -152,7 +152,12 @@ def plot_class_attribution(
                 value = float(heat[c, k])
                 if math.isfinite(value):
                     ax_heat.text(
-                        k, c, f"{value:.{decimals}f}", ha="center", va="center", fontsize=7,
+                        k,
+                        c,
+                        f"{value:.{decimals}f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
                         color="white" if abs(value) > 0.6 * limit else "black",
                     )
     fig.colorbar(image, ax=ax_heat, shrink=0.85)

@@ -7,8 +7,9 @@ counter-based integer hash (32-bit "lowbias32" finaliser rounds on int32 tensors
   on any device, in any order;
 * the same seed gives the same matrix on the CPU and on CUDA (Rademacher entries are
   bit-identical; Gaussian entries agree up to the rounding of ``log``/``cos``);
-* results do not depend on batch sizes: the column blocks a gradient is cut into depend on
-  ``K`` only, so the order of summation is fixed.
+* results do not depend on batch sizes beyond floating-point rounding: the column blocks a
+  gradient is cut into depend on ``K`` only, so the order of summation over P is fixed (BLAS may
+  still round a product differently for different numbers of rows).
 
 Rademacher entries are +-1 with probability 1/2; Gaussian entries are N(0, 1) (Box-Muller on
 two 32-bit hashes). Projected features are ``S g / sqrt(K)``, so that
@@ -240,9 +241,9 @@ class RandomProjection:
         first = parts[0]
         if self._use_triton(first):
             return self._triton_project(parts, offsets)
-        out = torch.zeros(
-            first.shape[0], self.projection_dim, device=first.device, dtype=first.dtype
-        )
+        # accumulate over column blocks in at least float32 (bf16/fp16 sums drift badly)
+        acc_dtype = torch.promote_types(first.dtype, torch.float32)
+        out = torch.zeros(first.shape[0], self.projection_dim, device=first.device, dtype=acc_dtype)
         for i, (start, stop) in enumerate(self.bounds):
             pieces = [
                 part[:, max(start, lo) - lo : min(stop, hi) - lo]
@@ -251,8 +252,8 @@ class RandomProjection:
             ]
             columns = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
             block = self._cache[i] if self._cache is not None else self._block(start, stop)
-            out.addmm_(columns, block.T)
-        return out / math.sqrt(self.projection_dim)
+            out.addmm_(columns.to(acc_dtype), block.T.to(acc_dtype))
+        return (out / math.sqrt(self.projection_dim)).to(first.dtype)
 
     def _use_triton(self, first: Tensor) -> bool:
         if self._cache is not None or self.kind != "rademacher" or first.device.type != "cuda":

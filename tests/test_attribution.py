@@ -405,7 +405,7 @@ def test_two_input_batches_need_the_label_slot() -> None:
     attr = make_attr(cn.TrNTKAttribution, case)
     expected = case.reference("trntk")
     assert_close(attr.influence((*case.test_x, case.test_y)), expected)
-    with pytest.raises(ValueError, match="structure"):
+    with pytest.raises(ValueError, match="structure|labels for"):
         attr.influence(case.test_x)
 
 
@@ -734,3 +734,22 @@ def test_train_mode_dropout_needs_eval_mode(mlp: Case) -> None:
     expected = cn.kernel_matrix(model, mlp.test_x[0], x, eval_mode=True)
     assert_close(scores, expected)
     assert model.training
+
+
+def test_top_k_ties_go_to_the_lower_index_whatever_the_batch_size() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)
+    ).double()
+    base = torch.randn(5, 3, dtype=torch.float64)
+    x = torch.cat([base, base])  # every training point twice: ties everywhere
+    y = torch.tensor([0, 1, 0, 1, 0] * 2)
+    test = torch.randn(4, 3, dtype=torch.float64)
+    results = []
+    for bs in (1, 2, 3, 10):
+        attr = cn.TrNTKAttribution(model, TensorDataset(x, y), batch_size=bs)
+        results.append(attr.influence(test, k=4).indices)
+    for r in results[1:]:
+        assert torch.equal(r, results[0])
+    # of each tied pair, the lower index comes first
+    assert bool((results[0][:, 0] < 5).all())

@@ -97,8 +97,11 @@ def test_as_loader() -> None:
 
 
 def test_pad_concat_pads_token_tensors() -> None:
-    a = ModelInputs((), {"input_ids": torch.ones(2, 3, dtype=torch.long)})
-    b = ModelInputs((), {"input_ids": torch.full((1, 5), 2, dtype=torch.long)})
+    def text(ids: torch.Tensor) -> ModelInputs:
+        return ModelInputs((), {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    a = text(torch.ones(2, 3, dtype=torch.long))
+    b = text(torch.full((1, 5), 2, dtype=torch.long))
     out = pad_concat([a, b]).kwargs["input_ids"]
     assert out.shape == (3, 5)
     assert torch.equal(out[:2, 3:], torch.zeros(2, 2, dtype=torch.long))
@@ -112,6 +115,15 @@ def test_list_of_examples_is_a_dataset() -> None:
     assert torch.equal(inputs.args[0], x) and torch.equal(labels, y)
     inputs, labels = collect([{"x": x[i], "labels": y[i]} for i in range(6)], batch_size=4)
     assert torch.equal(inputs.kwargs["x"], x) and torch.equal(labels, y)
-    # a list of Tensors stays one batch of positional inputs
-    inputs, labels = collect([x, x + 1], batch_size=4)
-    assert labels is not None and torch.equal(inputs.args[0], x)
+    # a list of Tensors stays one batch: (inputs..., labels)
+    inputs, labels = collect([x, y], batch_size=4)
+    assert torch.equal(labels, y) and torch.equal(inputs.args[0], x)
+    with pytest.raises(ValueError, match="labels for 6 examples"):
+        collect([x, x + 1], batch_size=4)
+
+
+def test_non_text_integer_batches_are_not_padded() -> None:
+    a = ModelInputs((), {"ids": torch.ones(2, 3, dtype=torch.long)})
+    b = ModelInputs((), {"ids": torch.ones(1, 5, dtype=torch.long)})
+    with pytest.raises(RuntimeError):
+        pad_concat([a, b])

@@ -84,8 +84,16 @@ def test_cli_help_subprocess() -> None:
         [*command, "demo", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    for option in ("--output", "--n-train", "--n-test", "--projection-dim", "--seed",
-                   "--kernels", "--quick", "--no-plots"):
+    for option in (
+        "--output",
+        "--n-train",
+        "--n-test",
+        "--projection-dim",
+        "--seed",
+        "--kernels",
+        "--quick",
+        "--no-plots",
+    ):
         assert option in done.stdout
 
 
@@ -102,8 +110,19 @@ def test_demo_helpers() -> None:
     assert choose_projection_dim(1024, 8970) == 1024
     assert choose_projection_dim(10240, 8970) == 4096
     assert choose_projection_dim(8970, 8970) < 8970
-    rows = [{"model": "m", "kernel": "trntk", "tau": 0.5, "tad": 0.0, "r_miss": float("nan"),
-             "acc_nn": 1.0, "acc_kglm": 1.0, "seconds": 0.1, "converged": False}]
+    rows = [
+        {
+            "model": "m",
+            "kernel": "trntk",
+            "tau": 0.5,
+            "tad": 0.0,
+            "r_miss": float("nan"),
+            "acc_nn": 1.0,
+            "acc_kglm": 1.0,
+            "seconds": 0.1,
+            "converged": False,
+        }
+    ]
     markdown = format_table(rows, markdown=True)
     assert "| m | trntk* | 0.500 | +0.000 | n/a |" in markdown
     assert "tau_K" in format_table(rows)
@@ -216,7 +235,9 @@ def test_plot_class_attribution(tmp_path: Path) -> None:
     assert len(fig.axes) == 3  # heat map, distribution, colour bar
     assert path.read_bytes()[:8] == PNG_MAGIC
     binary = plot_class_attribution(
-        torch.randn(4, 1, 12, generator=generator), torch.arange(12) % 2, torch.tensor([0, 1, 1, 0]),
+        torch.randn(4, 1, 12, generator=generator),
+        torch.arange(12) % 2,
+        torch.tensor([0, 1, 1, 0]),
         class_names=["3", "8"],
     )
     assert isinstance(binary, Figure)
@@ -227,7 +248,9 @@ def test_plot_class_attribution(tmp_path: Path) -> None:
 def test_predicted_class_attributions_single_logit_sign() -> None:
     attributions = torch.tensor([[[1.0, -2.0]], [[1.0, -2.0]]])  # (2, 1, 2)
     toward = predicted_class_attributions(attributions, torch.tensor([1, 0]))
-    torch.testing.assert_close(toward, torch.tensor([[1.0, -2.0], [-1.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        toward, torch.tensor([[1.0, -2.0], [-1.0, 2.0]], dtype=torch.float64)
+    )
     multi = torch.arange(12.0).reshape(2, 3, 2)
     torch.testing.assert_close(
         predicted_class_attributions(multi, torch.tensor([2, 0])),
@@ -242,9 +265,15 @@ def test_plot_exemplars(tmp_path: Path) -> None:
     scores = torch.rand(3, 5)
     path = tmp_path / "sub" / "top5.png"
     fig = plot_exemplars(
-        test_images, train_images, indices, scores,
-        test_labels=torch.tensor([1, 2, 3]), test_pred=torch.tensor([1, 2, 4]),
-        train_labels=torch.arange(20) % 10, title="top-5", path=path,
+        test_images,
+        train_images,
+        indices,
+        scores,
+        test_labels=torch.tensor([1, 2, 3]),
+        test_pred=torch.tensor([1, 2, 4]),
+        train_labels=torch.arange(20) % 10,
+        title="top-5",
+        path=path,
     )
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 3 * 6

@@ -261,3 +261,60 @@ def test_non_finite_gradient_names_example(kernel: str, where: str) -> None:
         compute(model, x1, x2, kernel, projection_dim=8)
     index = "2" if where == "inputs1" else "5"
     assert re.search(rf"\b{index}\b", str(info.value)), str(info.value)
+
+
+def test_batchnorm_without_running_stats_is_refused() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 3),
+        torch.nn.BatchNorm1d(3, track_running_stats=False),
+        torch.nn.Linear(3, 2),
+    ).eval()
+    with pytest.raises(RuntimeError, match="running statistics"):
+        cn.kernel_matrix(model, torch.randn(5, 4), kernel="trntk")
+    with pytest.raises(RuntimeError, match="running statistics"):
+        cn.kernel_matrix(model, torch.randn(5, 4), kernel="ck", eval_mode=True)
+
+
+def test_meta_device_model_is_refused() -> None:
+    model = torch.nn.Linear(5, 3, device="meta")
+    with pytest.raises(ValueError, match="meta"):
+        cn.kernel_matrix(model, torch.randn(4, 5))
+
+
+def test_keyword_integer_inputs_without_mask_must_match_in_length() -> None:
+    class Bag(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.EmbeddingBag(10, 4)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(ids))
+
+    model = Bag().double()
+    with pytest.raises(ValueError, match="shape"):
+        cn.kernel_matrix(
+            model, {"ids": torch.randint(0, 10, (3, 3))}, {"ids": torch.randint(0, 10, (2, 5))}
+        )
+
+
+def test_symmetric_kernel_is_exactly_symmetric() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    x = torch.randn(11, 6)
+    for kernel in ("trntk0", "pntk", "ck"):
+        k = cn.kernel_matrix(model, x, kernel=kernel, batch_size=4)
+        assert torch.equal(k, k.T)
+    e = cn.kernel_matrix(model, x, kernel="entk", batch_size=4)
+    assert torch.equal(e, e.permute(1, 0, 3, 2))
+
+
+def test_half_precision_projection_accumulates_in_float32() -> None:
+    from captum_ntk.projection import RandomProjection, projection_matrix
+
+    torch.manual_seed(0)
+    g = torch.randn(4, 200_000)
+    proj = RandomProjection(200_000, 512, seed=1, dtype=torch.bfloat16, cache_bytes=0)
+    got = proj(g.bfloat16()).double()
+    ref = g.bfloat16().double() @ projection_matrix(200_000, 512, seed=1).T / 512**0.5
+    assert float((got - ref).norm() / ref.norm()) < 5e-3
