@@ -237,18 +237,12 @@ class ModelFunction:
         inputs = self.prepare(inputs)
         with torch.no_grad(), self.context():
             logits = self._call(self.params, inputs.args, inputs.kwargs)
-        return logits.reshape(logits.shape[0], -1) if logits.dim() != 1 else logits[:, None]
+        return _as_2d(logits, inputs.num_examples)
 
     def _single(self, params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
         args = tuple(a.unsqueeze(0) for a in args)
         kwargs = {k: v.unsqueeze(0) for k, v in kwargs.items()}
-        logits = self._call(params, args, kwargs)
-        if logits.dim() > 2 or logits.shape[0] != 1:
-            raise ValueError(
-                f"The model returned logits of shape {tuple(logits.shape)} for one example; "
-                "expected (1, C) or (1,)."
-            )
-        return logits.reshape(-1)
+        return _as_2d(self._call(params, args, kwargs), 1).reshape(-1)
 
     def num_outputs(self, inputs: ModelInputs) -> int:
         """C, the number of logits, probed on the first example of a block."""
@@ -337,6 +331,16 @@ class ModelFunction:
                 "whose forward runs."
             )
         return [captured[n] for n in layers if n in captured]
+
+
+def _as_2d(logits: Tensor, batch: int) -> Tensor:
+    """Logits of B examples as (B, C); (B,) means one logit. Other shapes are refused."""
+    if logits.dim() not in (1, 2) or logits.shape[0] != batch:
+        raise ValueError(
+            f"The model returned logits of shape {tuple(logits.shape)} for {batch} example(s); "
+            "expected (B, C) or (B,) for one logit."
+        )
+    return logits[:, None] if logits.dim() == 1 else logits
 
 
 class NonFiniteError(FloatingPointError, ValueError):

@@ -26,7 +26,7 @@ from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults
 from torch import Tensor, nn
 
-from ._data import as_loader, collect, split_batch
+from ._data import collect
 from ._inputs import ModelInputs
 from ._model import check_mode
 from .features import KERNELS
@@ -35,7 +35,6 @@ from .kernels import (
     assemble_kernel,
     auto_batch_size,
     build_feature_map,
-    default_memory_limit,
     iter_kernel_blocks,
 )
 from .surrogate import KernelGLM
@@ -98,10 +97,7 @@ class NTKAttribution(DataInfluence):
             )
             self.feature_map.function.validate(self.train_inputs)
             self.feature_map.function.num_outputs(self.train_inputs)  # fails early on bad batches
-        function = self.feature_map.function
-        self.memory_limit = (
-            memory_limit if memory_limit is not None else default_memory_limit(function.device)
-        )
+        self.memory_limit = self.feature_map.memory_limit
         self.block_size = min(
             batch_size, auto_batch_size(self.feature_map, self.train_inputs, self.memory_limit)
         )
@@ -117,10 +113,7 @@ class NTKAttribution(DataInfluence):
         return len(self.train_inputs)
 
     def _test_inputs(self, inputs: Any) -> ModelInputs:
-        if isinstance(inputs, torch.utils.data.DataLoader):
-            inputs = collect(as_loader(inputs, self.batch_size), self.batch_size, "inputs")[0]
-        else:
-            inputs = split_batch(inputs, "inputs")[0]
+        inputs = collect(inputs, self.batch_size, "inputs")[0]
         self.train_inputs.check_compatible(inputs, ("training inputs", "inputs"))
         self.feature_map.function.validate(inputs)
         return inputs

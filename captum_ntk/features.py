@@ -82,6 +82,8 @@ class FeatureMap:
     what = "feature"
     #: gradient vectors per example (C for per-logit Jacobians, 1 for summed gradients)
     per_logit = True
+    #: bytes of features held at once (set by ``build_feature_map``)
+    memory_limit: int = 2 << 30
 
     def __init__(self, function: ModelFunction) -> None:
         self.function = function

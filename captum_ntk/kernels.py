@@ -73,27 +73,45 @@ def build_feature_map(
     Args: as :func:`kernel_matrix`.
 
     Returns:
-        FeatureMap: features for blocks of examples.
+        FeatureMap: features for blocks of examples; its ``memory_limit`` attribute holds
+        the resolved budget (``memory_limit`` or the device default).
     """
     check_kernel_name(kernel)
-    if kernel in ("ck", "embedding"):
-        function = ModelFunction(model, device=device, dtype=dtype, differentiate=False)
-        if kernel == "ck":
-            names = [last_linear(model)] if layers is None else _as_list(layers)
-            if len(names) != 1:
-                raise ValueError(f"The conjugate kernel takes one layer, got {names}.")
-            return ActivationFeatures(function, names, "input")
+    differentiate = kernel not in ("ck", "embedding")
+    function = ModelFunction(
+        model, layers if differentiate else None, device, dtype, differentiate=differentiate
+    )
+    limit = memory_limit if memory_limit is not None else default_memory_limit(function.device)
+    fmap = _feature_map(function, kernel, layers, projection_dim, projection, seed, limit)
+    fmap.memory_limit = limit
+    return fmap
+
+
+def _feature_map(
+    function: ModelFunction,
+    kernel: str,
+    layers: Sequence[str] | str | None,
+    projection_dim: int,
+    projection: str,
+    seed: int,
+    memory_limit: int,
+) -> FeatureMap:
+    model = function.model
+    if kernel == "ck":
+        names = [last_linear(model)] if layers is None else _as_list(layers)
+        if len(names) != 1:
+            raise ValueError(f"The conjugate kernel takes one layer, got {names}.")
+        return ActivationFeatures(function, names, "input")
+    if kernel == "embedding":
         if layers is None:
             return ActivationFeatures(function, leaf_layers_with_parameters(model), "output", False)
         return ActivationFeatures(function, _as_list(layers), "output")
-    function = ModelFunction(model, layers, device=device, dtype=dtype)
     if kernel == "entk":
         return JacobianFeatures(function, per_class=True)
     if kernel in ("trntk0", "trntk"):
         return JacobianFeatures(function)
     if kernel in ("pntk0", "pntk"):
         return SummedGradientFeatures(function)
-    limit = memory_limit if memory_limit is not None else default_memory_limit(function.device)
     proj = RandomProjection(
         function.num_params,
         projection_dim,
@@ -101,7 +119,7 @@ def build_feature_map(
         seed,
         device=function.device,
         dtype=function.dtype,
-        cache_bytes=limit // 4,
+        cache_bytes=memory_limit // 4,
     )
     if kernel == "proj_trntk":
         return ProjectedJacobianFeatures(function, proj)
@@ -130,12 +148,15 @@ def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
     return inv, zero
 
 
+def _mirrored(block: Tensor) -> Tensor:
+    """The block of the swapped pair: (b1, b2) -> (b2, b1), (b1, b2, C, C) -> (b2, b1, C, C)."""
+    out = block.transpose(0, 1)
+    return out.transpose(2, 3) if out.dim() == 4 else out
+
+
 def _symmetrize(block: Tensor) -> Tensor:
     """Makes a diagonal block exactly symmetric (rounding of f @ f.T need not be)."""
-    mirrored = block.transpose(0, 1)
-    if mirrored.dim() == 4:
-        mirrored = mirrored.transpose(2, 3)
-    return (block + mirrored) / 2
+    return (block + _mirrored(block)) / 2
 
 
 def _warn_zero_norms(rows: set[int], cols: set[int]) -> None:
@@ -318,10 +339,7 @@ def assemble_kernel(
         rstop, cstop = rstart + block.shape[0], cstart + block.shape[1]
         out[rstart:rstop, cstart:cstop] = block.to(output_device)
         if symmetric and cstart != rstart:
-            mirrored = block.transpose(0, 1)
-            if mirrored.dim() == 4:
-                mirrored = mirrored.transpose(2, 3)
-            out[cstart:cstop, rstart:rstop] = mirrored.to(output_device)
+            out[cstart:cstop, rstart:rstop] = _mirrored(block).to(output_device)
     assert out is not None
     return out
 
@@ -412,7 +430,7 @@ def kernel_matrix(
         for x in (x1, x2):
             if x is not None:
                 function.validate(x)
-        limit = memory_limit if memory_limit is not None else default_memory_limit(function.device)
+        limit = fmap.memory_limit
         bs = batch_size if batch_size is not None else auto_batch_size(fmap, x1, limit)
         if bs < 1:
             raise ValueError(f"batch_size must be positive, got {bs}.")
