@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 sys.path.insert(0, os.path.dirname(__file__))
 import captum_ntk as cn  # noqa: E402
-from captum_ntk._inputs import ModelInputs  # noqa: E402
+from captum_ntk.engine.inputs import ModelInputs  # noqa: E402
 from captum_ntk.kernels import build_feature_map  # noqa: E402
 
 

@@ -1,9 +1,22 @@
-"""captum_ntk: neural-tangent-kernel surrogate models and data attribution for PyTorch.
+r"""captum_ntk: neural-tangent-kernel surrogate models and data attribution for PyTorch.
 
-The kernel engine (:func:`kernel_matrix`), seeded projections, the kGLM surrogate, the
-Captum-style attribution classes and faithfulness metrics.
+Data flows one way through the subpackages::
+
+    engine -> kernels -> surrogate -> attribution -> metrics, analysis
+                                                     integrations (model families), apps (CLI, demo)
+
+``engine`` turns a model and inputs into per-example features (Jacobians, projections,
+activations); ``kernels`` holds the kernel registry and :func:`kernel_matrix`; ``surrogate`` the
+kernel GLM; ``attribution`` the Captum-style classes; ``metrics`` the faithfulness metrics
+(``cn.metrics.kendall_tau``, as ``captum.metrics`` after ``import captum``). ``integrations``
+registers Hugging Face support with the engine; ``apps`` (CLI, demo, example models, plots) is not
+imported here.
 """
 
+from . import (
+    integrations,  # noqa: F401  (registers model-family adapters with the engine)
+    metrics,
+)
 from .attribution import (
     ATTRIBUTION_CLASSES,
     ConjugateKernelAttribution,
@@ -16,10 +29,9 @@ from .attribution import (
     TrNTK0Attribution,
     TrNTKAttribution,
 )
-from .features import KERNELS
-from .kernels import kernel_matrix
-from .parameters import num_parameters, select_parameters
-from .projection import projection_matrix
+from .engine import num_parameters, projection_matrix, select_parameters
+from .integrations import huggingface  # noqa: F401
+from .kernels import KERNELS, KernelSpec, kernel_matrix
 from .surrogate import KernelGLM
 
 __version__ = "0.1.0"
@@ -30,6 +42,7 @@ __all__ = [
     "EmbeddingKernelAttribution",
     "KERNELS",
     "KernelGLM",
+    "KernelSpec",
     "NTKAttribution",
     "PNTK0Attribution",
     "PNTKAttribution",
@@ -38,6 +51,7 @@ __all__ = [
     "TrNTK0Attribution",
     "TrNTKAttribution",
     "kernel_matrix",
+    "metrics",
     "num_parameters",
     "projection_matrix",
     "select_parameters",

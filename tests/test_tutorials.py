@@ -95,7 +95,7 @@ def test_notebook_committed_without_outputs(name: str) -> None:
 def test_load_reviews_is_balanced_and_seeded() -> None:
     """The review sentences the Hugging Face tutorial trains on (shipped as package data)."""
     pytest.importorskip("sklearn")
-    from captum_ntk.text_data import load_reviews, read_reviews
+    from captum_ntk.apps.text_data import load_reviews, read_reviews
 
     texts, labels = read_reviews()
     assert len(texts) == len(set(texts)) == labels.shape[0] >= 150

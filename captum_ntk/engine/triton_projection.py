@@ -1,9 +1,9 @@
 r"""Fused Rademacher projection on CUDA with Triton: ``out += G @ S.T`` where the signs of S
-are generated in registers from the same hash as :func:`captum_ntk.projection.projection_block`,
+are generated in registers from the same hash as :func:`captum_ntk.engine.projection.projection_block`,
 so the K x P matrix never exists in memory (in the spirit of TRAK's fast_jl, but a pure function
 of (seed, parameter index, K) that does not depend on the GPU model).
 
-Used by :class:`captum_ntk.projection.RandomProjection` for float32/float16/bfloat16 gradients on
+Used by :class:`captum_ntk.engine.projection.RandomProjection` for float32/float16/bfloat16 gradients on
 CUDA when Triton imports; everything else takes the blockwise torch path. float32 products use
 TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set, else "tf32x3" (split-precision TF32:
 the +-1 signs are exact in TF32, so only the gradients' low bits are rounded, about 2^-21
@@ -17,6 +17,8 @@ import functools
 
 import torch
 from torch import Tensor
+
+from .hashing import C1, C2
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,8 +94,6 @@ def project_accumulate(
     """
     import triton
 
-    from .projection import _C1, _C2
-
     g = gradients.contiguous()
     m, p = g.shape
     k = row_key.shape[0]
@@ -116,7 +116,7 @@ def project_accumulate(
     _kernel()[(grid_m, grid_k, splits)](
         g, row_key, col_key, col_key2, partial,
         m, p, k, g.stride(0), p_per_split,
-        C1=_C1 & 0xFFFFFFFF, C2=_C2 & 0xFFFFFFFF,
+        C1=C1 & 0xFFFFFFFF, C2=C2 & 0xFFFFFFFF,
         BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, PRECISION=precision,
     )  # fmt: skip
     out += partial.sum(dim=0)

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-from . import hf
-from ._inputs import ModelInputs
+from .adapters import find_adapter
+from .inputs import ModelInputs
 from .parameters import resolve_modules, select_parameters
 
 #: Keyword inputs a transformers model wrapped in a user module receives from the batch.
@@ -158,9 +158,9 @@ class ModelFunction:
         self.dtype = dtype if dtype is not None else first.dtype
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}.")
-        # a transformers model, or a user module wrapping one
-        self.hf_model = next((m for m in model.modules() if hf.is_hf_model(m)), None)
-        self.is_hf = self.hf_model is not None
+        # a model family with its own input handling (e.g. transformers), possibly wrapped
+        self.adapter, self.hf_model = find_adapter(model)
+        self.is_hf = self.adapter is not None
 
         selected = select_parameters(model, layers) if differentiate else {}
         self.names = list(selected)
@@ -188,16 +188,15 @@ class ModelFunction:
         if self.is_hf and inputs.kwargs:
             trimmed = self._trimmed(inputs.kwargs)
             tokens = self._token_inputs(trimmed)
-            prepared = hf.prepare_inputs(self.hf_model, tokens, dtype=self.dtype)
+            prepared = self.adapter.prepare_inputs(self.hf_model, tokens, self.dtype)
             inputs = ModelInputs(inputs.args, {**trimmed, **prepared})
         return inputs
 
-    @staticmethod
-    def _trimmed(kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _trimmed(self, kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
         """A block cut to its longest real sequence (unless its mask is already prepared)."""
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
-            return hf.trim_padding(kwargs)
+        if self.adapter is not None and mask is not None and mask.dim() == 2:
+            return self.adapter.trim_padding(kwargs)
         return dict(kwargs)
 
     def _token_inputs(self, kwargs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -212,19 +211,21 @@ class ModelFunction:
         if mask is None or mask.dim() != 2:
             return None
         if self.is_hf:
-            mask = hf.trim_padding(inputs.kwargs)["attention_mask"]
+            mask = self.adapter.trim_padding(inputs.kwargs)["attention_mask"]
         return mask.to(self.device)
 
     def validate(self, inputs: ModelInputs) -> None:
         """Model-specific input checks (Hugging Face token ids, lengths, arguments)."""
         if self.is_hf and inputs.kwargs:
             # validated as the model will see it: each block is trimmed to its longest sequence
-            hf.validate_inputs(self.hf_model, self._token_inputs(self._trimmed(inputs.kwargs)))
+            self.adapter.validate_inputs(
+                self.hf_model, self._token_inputs(self._trimmed(inputs.kwargs))
+            )
 
     def context(self) -> contextlib.AbstractContextManager:
         """Context to run forward passes in (vmap-safe attention for HF models)."""
         if self.is_hf:
-            return hf.vmap_safe(self.hf_model)
+            return self.adapter.context(self.hf_model)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ forward

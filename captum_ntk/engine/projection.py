@@ -26,71 +26,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import triton_projection
+from .hashing import C1, C2, column_keys, i32, mix32, row_keys
+
 PROJECTIONS = ("rademacher", "gaussian")
-_M32 = 0xFFFFFFFF
 #: Entries generated per column block (K * width), bounding the generator's scratch memory.
 _BLOCK_ENTRIES = 1 << 22
-
-
-def _i32(value: int) -> int:
-    """A uint32 constant as the int32 with the same bits."""
-    value &= _M32
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
-_C1, _C2 = _i32(0x7FEB352D), _i32(0x846CA68B)
-
-
-def _mix32(x: Tensor) -> Tensor:
-    """lowbias32: a bijective avalanche mix of 32-bit words held in int32 tensors.
-
-    int32 multiplication wraps modulo 2^32 and ``(x >> s) & mask`` is the logical shift,
-    so the bits equal the uint32 reference on every device.
-    """
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _C1
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _C2
-    return x ^ ((x >> 16) & 0xFFFF)
-
-
-def _seed_keys(seed: int) -> tuple[int, int, int]:
-    s = int(seed) & ((1 << 64) - 1)
-    words = torch.tensor([_i32(s), _i32(s >> 32)], dtype=torch.int32)
-    k0 = _mix32(words[0:1] ^ _i32(0x9E3779B9))
-    k1 = _mix32(words[1:2] ^ k0 ^ _i32(0x85EBCA6B))
-    k2 = _mix32(k0 ^ k1 ^ _i32(0xC2B2AE35))
-    return int(k0), int(k1), int(k2)
-
-
-def _index_words(start: int, stop: int, device: torch.device | str | None) -> tuple[Tensor, Tensor]:
-    """Low and high 32-bit words of the indices start..stop-1 as int32 tensors."""
-    idx = torch.arange(start, stop, dtype=torch.int64, device=device)
-    low = (idx & _M32).to(torch.int32)  # wraps to the int32 with the same bits
-    high = (idx >> 32).to(torch.int32)
-    return low, high
 
 
 def column_width(projection_dim: int) -> int:
     """Width of the column blocks used for a given K (a function of K only)."""
     return max(1, _BLOCK_ENTRIES // int(projection_dim))
-
-
-def row_keys(projection_dim: int, seed: int, device: torch.device | str | None = None) -> Tensor:
-    """Per-row hash keys (K,) int32 of the projection matrix."""
-    _, k1, k2 = _seed_keys(seed)
-    row_low, _ = _index_words(0, projection_dim, device)
-    return _mix32(_mix32(row_low ^ k1) ^ k2)
-
-
-def column_keys(
-    start: int, stop: int, seed: int, device: torch.device | str | None = None
-) -> tuple[Tensor, Tensor]:
-    """Per-column hash keys, two (stop - start,) int32 tensors."""
-    k0, _, k2 = _seed_keys(seed)
-    col_low, col_high = _index_words(start, stop, device)
-    col_key = _mix32(_mix32(col_low ^ k0) ^ col_high)
-    return col_key, _mix32(col_key ^ k2)
 
 
 def projection_block(
@@ -123,12 +69,12 @@ def projection_block(
     # Per entry: two multiply-xor rounds (no shifts: they are slow on CPU); the top bit of
     # an odd-constant product depends on every lower bit of its operand.
     h = row_key[:, None] ^ col_key[None, :]
-    h.mul_(_C1).bitwise_xor_(col_key2[None, :]).mul_(_C2)
+    h.mul_(C1).bitwise_xor_(col_key2[None, :]).mul_(C2)
     if kind == "rademacher":
         # the top bit of the uint32 word is the sign bit of the int32
         out = h.lt(0).to(dtype)
         return out.mul_(-2).add_(1)
-    h2 = _mix32(h ^ _i32(0x68E31DA4))
+    h2 = mix32(h ^ i32(0x68E31DA4))
     u1 = (_as_unsigned(h) + 0.5) * 2.0**-32
     u2 = (_as_unsigned(h2) + 0.5) * 2.0**-32
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
@@ -260,12 +206,10 @@ class RandomProjection:
             return False
         if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return False
-        from . import _triton_projection
 
-        return _triton_projection.available()
+        return triton_projection.available()
 
     def _triton_project(self, parts: list[Tensor], offsets: list[int]) -> Tensor:
-        from . import _triton_projection
 
         first = parts[0]
         device = first.device
@@ -277,5 +221,5 @@ class RandomProjection:
             if (lo, hi) not in self._col_keys:
                 self._col_keys[(lo, hi)] = column_keys(lo, hi, self.seed, device)
             col_key, col_key2 = self._col_keys[(lo, hi)]
-            _triton_projection.project_accumulate(part, self._row_key, col_key, col_key2, out)
+            triton_projection.project_accumulate(part, self._row_key, col_key, col_key2, out)
         return (out / math.sqrt(self.projection_dim)).to(first.dtype)

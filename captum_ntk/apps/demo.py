@@ -40,14 +40,13 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from .attribution import ATTRIBUTION_CLASSES, NTKAttribution
+from ..attribution import ATTRIBUTION_CLASSES, NTKAttribution
+from ..engine.parameters import num_parameters
+from ..kernels import KERNELS, kernel_matrix
+from ..metrics import faithfulness
+from ..surrogate import KernelGLM
 from .datasets import load_digits_tensors
-from .features import KERNELS
-from .kernels import kernel_matrix
-from .metrics import faithfulness
 from .models import DigitsCNN, DigitsMLP, train_classifier
-from .parameters import num_parameters
-from .surrogate import KernelGLM
 
 __all__ = [
     "ALL_KERNELS",
@@ -436,7 +435,7 @@ def _evaluate_kernel(
         model, TensorDataset(x_train, y_train), batch_size=config.batch_size, **options
     )
     alpha = base_alpha = config.alpha if config.alpha is not None else spec.alpha
-    if config.scale_alpha and not KERNELS[kernel]:
+    if config.scale_alpha and not KERNELS[kernel].normalized:
         # An unnormalised kernel with entries of size s needs alpha * s^2 for the same
         # regularisation as its normalised version: the kGLM on K / s with alpha equals the
         # kGLM on K with alpha * s^2 (W scaled by 1 / s). Without this, trntk0 / pntk0 (s in the

@@ -1,6 +1,6 @@
 r"""A small labelled sentiment data set shipped with the package (offline, no downloads).
 
-``captum_ntk/data/reviews.csv`` holds 200 short product and movie review sentences written for
+``captum_ntk/apps/data/reviews.csv`` holds 200 short product and movie review sentences written for
 this project (100 positive, 100 negative; columns ``text,label`` with 1 = positive,
 0 = negative), for tutorials and tests of Hugging Face text classifiers::
 
@@ -30,7 +30,11 @@ def read_reviews() -> tuple[list[str], Tensor]:
         tuple: ``(texts, labels)``: a list of N strings and an (N,) int64 tensor with
         1 for positive and 0 for negative reviews.
     """
-    raw = resources.files("captum_ntk").joinpath("data", REVIEWS_FILE).read_text(encoding="utf-8")
+    raw = (
+        resources.files("captum_ntk.apps")
+        .joinpath("data", REVIEWS_FILE)
+        .read_text(encoding="utf-8")
+    )
     reader = csv.DictReader(io.StringIO(raw))
     if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
         raise ValueError(

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="captum-ntk",
         description="Neural-tangent-kernel surrogate models and data attribution for PyTorch.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from ._inputs import LABEL_KEYS, ModelInputs
+from .inputs import LABEL_KEYS, ModelInputs
 
 
 def split_batch(batch: Any, name: str = "batch") -> tuple[ModelInputs, Tensor | None]:

@@ -22,24 +22,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._inputs import ModelInputs
-from ._model import ModelFunction
+from .inputs import ModelInputs
+from .model import ModelFunction
 from .projection import RandomProjection
-
-#: Every kernel name, with whether it is cosine-normalised.
-KERNELS: dict[str, bool] = {
-    "entk": False,
-    "trntk0": False,
-    "trntk": True,
-    "pntk0": False,
-    "pntk": True,
-    "proj_trntk": True,
-    "proj_pntk": True,
-    "ck": True,
-    "embedding": True,
-}
 
 
 class ParamBlocks:
@@ -168,26 +155,6 @@ class ProjectedSummedGradientFeatures(FeatureMap):
 
     def __call__(self, inputs: ModelInputs) -> Tensor:
         return self.projection(self.function.summed_gradient(inputs))
-
-
-def last_linear(model: nn.Module) -> str:
-    """Name of the last ``nn.Linear`` in ``model.named_modules()`` order."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ValueError(
-            "The conjugate kernel uses the input of the last nn.Linear layer, but the model has "
-            "none; pass layers=['<module name>'] to choose the layer whose input is the embedding."
-        )
-    return names[-1]
-
-
-def leaf_layers_with_parameters(model: nn.Module) -> list[str]:
-    """Names of leaf modules that own parameters (the embedding kernel's default layers)."""
-    return [
-        n
-        for n, m in model.named_modules()
-        if n and not list(m.children()) and any(True for _ in m.parameters(recurse=False))
-    ]
 
 
 def _token_level(value: Tensor, mask: Tensor | None) -> bool:

@@ -1,0 +1,36 @@
+r"""Captum face: NTK data attribution behind ``captum.influence.DataInfluence``.
+
+Each class binds a model, its training set and one kernel::
+
+    attr = TrNTKAttribution(model, train_dataset, batch_size=64)
+    scores = attr.influence(test_batch)             # (n_test, n_train) kernel values
+    top = attr.influence(test_batch, k=5)           # KMostInfluentialResults, streaming top-k
+    glm = attr.fit_surrogate()                      # KernelGLM (Eq. 1)
+    A = attr.attribute(test_batch)                  # (n_test, C, n_train), Eq. 3
+"""
+
+from .base import NTKAttribution
+from .classes import (
+    ATTRIBUTION_CLASSES,
+    ConjugateKernelAttribution,
+    EmbeddingKernelAttribution,
+    PNTK0Attribution,
+    PNTKAttribution,
+    ProjPNTKAttribution,
+    ProjTrNTKAttribution,
+    TrNTK0Attribution,
+    TrNTKAttribution,
+)
+
+__all__ = [
+    "ATTRIBUTION_CLASSES",
+    "ConjugateKernelAttribution",
+    "EmbeddingKernelAttribution",
+    "NTKAttribution",
+    "PNTK0Attribution",
+    "PNTKAttribution",
+    "ProjPNTKAttribution",
+    "ProjTrNTKAttribution",
+    "TrNTK0Attribution",
+    "TrNTKAttribution",
+]

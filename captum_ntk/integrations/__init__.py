@@ -1,0 +1,1 @@
+"""Integrations with model families and libraries outside PyTorch core (Hugging Face)."""

@@ -1,0 +1,222 @@
+r"""Blockwise kernel assembly bounded in memory.
+
+A group of row blocks is held in memory while column blocks stream past it, so peak memory is
+bounded by ``memory_limit`` whatever N is, and no N x C x P tensor ever exists. Column features are
+kept (computed once) when all of them fit in half of ``memory_limit``; otherwise they are recomputed
+for each row group. With ``cols=None`` only the upper triangle of blocks is computed and mirrored.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..engine.features import FeatureMap, Features
+from ..engine.inputs import ModelInputs
+from ..engine.model import check_finite
+
+
+def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
+    zero = sq <= 0
+    inv = torch.where(zero, torch.zeros_like(sq), sq.clamp_min(1e-300).rsqrt())
+    return inv, zero
+
+
+def _mirrored(block: Tensor) -> Tensor:
+    """The block of the swapped pair: (b1, b2) -> (b2, b1), (b1, b2, C, C) -> (b2, b1, C, C)."""
+    out = block.transpose(0, 1)
+    return out.transpose(2, 3) if out.dim() == 4 else out
+
+
+def _symmetrize(block: Tensor) -> Tensor:
+    """Makes a diagonal block exactly symmetric (rounding of f @ f.T need not be)."""
+    return (block + _mirrored(block)) / 2
+
+
+def _warn_zero_norms(rows: set[int], cols: set[int]) -> None:
+    if rows or cols:
+        warnings.warn(
+            "Zero-norm feature (gradient) vectors for example indices "
+            f"{sorted(rows)[:10]} (rows) and {sorted(cols)[:10]} (columns): cosine "
+            "normalisation is undefined there; those kernel entries are set to 0.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+class FeatureCache:
+    r"""Features of fixed blocks of one set of inputs, kept or recomputed on demand.
+
+    Squared norms of every block computed so far are recorded in ``sq_norms`` (N,).
+    Set ``keep`` to hold computed blocks for reuse (e.g. the training set's projected
+    features across calls of an attribution object).
+
+    Args:
+        fmap (FeatureMap): the feature map.
+        inputs (ModelInputs): N examples.
+        batch_size (int): examples per block.
+        name (str): what the inputs are called in error messages.
+    """
+
+    def __init__(
+        self, fmap: FeatureMap, inputs: ModelInputs, batch_size: int, name: str = "inputs"
+    ) -> None:
+        self.fmap = fmap
+        self.name = name
+        self.inputs = inputs
+        self.batch_size = batch_size
+        self.kept: dict[int, Tensor] = {}
+        self.keep: bool | None = None
+        self.sq_norms: Tensor | None = None
+        self._known = torch.zeros(len(inputs), dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def starts(self) -> list[int]:
+        """First example index of every block."""
+        return list(range(0, len(self.inputs), self.batch_size))
+
+    def get(self, start: int) -> Features:
+        """Features of the block starting at ``start``."""
+        if start in self.kept:
+            return self.kept[start]
+        stop = min(start + self.batch_size, len(self.inputs))
+        feats = self.fmap(self.inputs.slice(start, stop))
+        sq = self.fmap.sq_norms(feats)
+        check_finite(sq, start, self.fmap.what, self.name)
+        if self.sq_norms is None:
+            self.sq_norms = torch.zeros(len(self.inputs), dtype=sq.dtype, device=sq.device)
+        self.sq_norms[start:stop] = sq
+        self._known[start:stop] = True
+        if self.keep:
+            self.kept[start] = feats
+        return feats
+
+    def all_sq_norms(self) -> Tensor:
+        """Squared norms of every example, computing the blocks not seen yet."""
+        for start in self.starts:
+            if not bool(self._known[start]):
+                self.get(start)
+        assert self.sq_norms is not None
+        return self.sq_norms
+
+
+def iter_kernel_blocks(
+    rows: FeatureCache,
+    cols: FeatureCache | None,
+    *,
+    normalize: bool,
+    memory_limit: int,
+    show_progress: bool = False,
+    desc: str = "kernel blocks",
+) -> Iterator[tuple[int, int, Tensor]]:
+    r"""Yields the kernel block by block, bounded in memory.
+
+    A group of row blocks (as many as fit in half of ``memory_limit``) is held while
+    the column blocks stream past it. Column blocks are kept across row groups when all
+    of them fit in half the budget (decided from the first block unless ``cols.keep`` is
+    already set). With ``cols=None`` the kernel of the rows with themselves is produced
+    and only blocks on or above the block diagonal are yielded.
+
+    Args:
+        rows (FeatureCache): N1 row examples.
+        cols (FeatureCache, optional): N2 column examples; None for the symmetric kernel.
+        normalize (bool): cosine-normalise each block.
+        memory_limit (int): bytes of features held at once.
+        show_progress (bool): tqdm bar over blocks.
+        desc (str): the bar's label.
+
+    Yields:
+        (row_start, col_start, block): block has shape (b1, b2) or (b1, b2, C, C).
+    """
+    symmetric = cols is None
+    cols = rows if cols is None else cols
+    fmap = rows.fmap
+    row_starts, col_starts = rows.starts, cols.starts
+    n_rows = len(row_starts)
+    total = n_rows * (n_rows + 1) // 2 if symmetric else n_rows * len(col_starts)
+    budget = memory_limit // 2
+    zero_rows: set[int] = set()
+    zero_cols: set[int] = set()
+    with tqdm(total=total, desc=desc, disable=not show_progress, leave=False) as bar:
+        i = 0
+        while i < n_rows:
+            group: dict[int, Tensor] = {}
+            held = 0
+            while i < n_rows:
+                start = row_starts[i]
+                feats = rows.get(start)
+                group[start] = feats
+                i += 1
+                block_bytes = feats.numel() * feats.element_size()
+                held += block_bytes
+                if cols.keep is None:
+                    cols.keep = block_bytes / len(feats) * len(cols) <= budget
+                    if symmetric and cols.keep:
+                        cols.kept[start] = feats
+                if held + block_bytes > budget:
+                    break
+            first_row = min(group)
+            for cstart in col_starts:
+                if symmetric and cstart < first_row:
+                    continue
+                cfeats = group[cstart] if symmetric and cstart in group else cols.get(cstart)
+                for rstart, rfeats in group.items():
+                    if symmetric and cstart < rstart:
+                        continue
+                    block = fmap.inner(rfeats, cfeats)
+                    diagonal_block = symmetric and rstart == cstart
+                    if normalize:
+                        inv_r, zr = _inverse_norms(rows.sq_norms[rstart : rstart + len(rfeats)])
+                        inv_c, zc = _inverse_norms(cols.sq_norms[cstart : cstart + len(cfeats)])
+                        block = block * inv_r[:, None] * inv_c[None, :]
+                        zero_rows.update((torch.nonzero(zr).flatten() + rstart).tolist())
+                        zero_cols.update((torch.nonzero(zc).flatten() + cstart).tolist())
+                    if diagonal_block:
+                        block = _symmetrize(block)
+                        if normalize:
+                            block.diagonal().copy_((~zr).to(block.dtype))
+                    yield rstart, cstart, block
+                    bar.update(1)
+    if normalize:
+        if symmetric:
+            zero_rows |= zero_cols
+            zero_cols = zero_rows
+        _warn_zero_norms(zero_rows, zero_cols)
+
+
+def assemble_kernel(
+    rows: FeatureCache,
+    cols: FeatureCache | None,
+    *,
+    normalize: bool,
+    memory_limit: int,
+    show_progress: bool = False,
+    output_device: torch.device | str = "cpu",
+) -> Tensor:
+    r"""The whole kernel matrix from :func:`iter_kernel_blocks` (mirrored when symmetric).
+
+    Returns:
+        Tensor: (N1, N2), or (N1, N2, C, C) for per-class kernels, on ``output_device``.
+    """
+    symmetric = cols is None
+    n1, n2 = len(rows), len(rows if cols is None else cols)
+    out: Tensor | None = None
+    for rstart, cstart, block in iter_kernel_blocks(
+        rows, cols, normalize=normalize, memory_limit=memory_limit, show_progress=show_progress
+    ):
+        if out is None:
+            shape = (n1, n2) + tuple(block.shape[2:])
+            out = torch.empty(shape, dtype=block.dtype, device=output_device)
+        rstop, cstop = rstart + block.shape[0], cstart + block.shape[1]
+        out[rstart:rstop, cstart:cstop] = block.to(output_device)
+        if symmetric and cstart != rstart:
+            out[cstart:cstop, rstart:rstop] = _mirrored(block).to(output_device)
+    assert out is not None
+    return out
