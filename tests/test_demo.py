@@ -26,7 +26,11 @@ from captum_ntk.apps.demo import (
     kernel_attributions,
 )
 from captum_ntk.apps.models import DigitsCNN, DigitsMLP, train_classifier
-from captum_ntk.apps.plots import plot_class_attribution, plot_exemplars, predicted_class_attributions
+from captum_ntk.apps.plots import (
+    plot_class_attribution,
+    plot_exemplars,
+    predicted_class_attributions,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODEL_NAMES = [spec.name for spec in DEMO_MODELS]
