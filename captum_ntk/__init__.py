@@ -14,6 +14,7 @@ imported here.
 """
 
 from . import (
+    analysis,
     integrations,  # noqa: F401  (registers model-family adapters with the engine)
     metrics,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ProjTrNTKAttribution",
     "TrNTK0Attribution",
     "TrNTKAttribution",
+    "analysis",
     "kernel_matrix",
     "metrics",
     "num_parameters",

