@@ -347,6 +347,56 @@ def test_faithfulness_errors() -> None:
     attribution = LinearKernelAttribution(x[:40], y[:40])
     with pytest.raises(ValueError, match="20 examples but labels has 19"):
         faithfulness(model, attribution, x[40:], y[40:59])
-    binary = KernelGLM().fit(attribution.kernel(x[:40]), (y[:40] > 0).long())
+    binary = KernelGLM(alpha=1e-4).fit(attribution.kernel(x[:40]), (y[:40] > 0).long())
     with pytest.raises(ValueError, match="2 classes but the network has 3"):
         faithfulness(model, attribution, x[40:], y[40:], surrogate=binary)
+
+
+# ------------------------------------------------------------------------- saturation
+def test_saturated_probabilities_tie_in_float32_but_not_float64_log_probabilities() -> None:
+    from captum_ntk.metrics import correct_class_log_probability, correct_class_margin, tied_pairs
+
+    margins = torch.linspace(20.0, 40.0, 12)  # confident network: float32 sigmoid rounds to 1
+    labels = torch.tensor([0, 1] * 6)
+    logits = torch.where(labels == 1, margins, -margins)  # one logit, every example correct
+    p32 = torch.sigmoid(torch.where(labels == 1, logits, -logits))
+    assert tied_pairs(p32) == 12 * 11 // 2  # all 1.0: Kendall tau on these is undefined
+    log_p = correct_class_log_probability(logits, labels)
+    assert log_p.dtype == torch.float64 and tied_pairs(log_p) == 0
+    assert torch.equal(log_p.argsort(), margins.argsort())
+    torch.testing.assert_close(correct_class_margin(logits, labels), margins.double())
+    # 10 classes: margin is the correct logit minus the largest other
+    multi = torch.zeros(3, 4, dtype=torch.float64)
+    multi[:, 2] = torch.tensor([30.0, 35.0, 40.0])
+    multi[:, 0] = 1.0
+    torch.testing.assert_close(
+        correct_class_margin(multi, torch.tensor([2, 2, 2])),
+        torch.tensor([29.0, 34.0, 39.0], dtype=torch.float64),
+    )
+
+
+def test_faithfulness_reports_no_ties_for_saturated_network() -> None:
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(30, 3, generator=generator, dtype=torch.float64)
+    test = torch.randn(16, 3, generator=generator, dtype=torch.float64)
+    y_train = (train[:, 0] > 0).long()
+    glm = KernelGLM(alpha=1e-2).fit(train @ train.T, y_train)
+    test_kernel = test @ train.T
+    scores = glm.decision_function(test_kernel)
+    labels = (scores > 0).long()
+
+    def network(x: torch.Tensor) -> torch.Tensor:  # a monotone, saturated copy of the kGLM
+        s = glm.decision_function(x @ train.T)
+        return (torch.sign(s) * (30 + 5 * s.abs())).float()
+
+    result = faithfulness(network, None, test, labels, surrogate=glm, test_kernel=test_kernel)
+    p32 = torch.sigmoid(network(test).abs())
+    assert tied_pairs_count(p32) > 0  # float32 probabilities tie at 1.0
+    assert result["ties"] == 0 and result["ties_nn"] == 0
+    assert result["tau"] == pytest.approx(1.0) and result["tau_margin"] == pytest.approx(1.0)
+
+
+def tied_pairs_count(values: torch.Tensor) -> int:
+    from captum_ntk.metrics import tied_pairs
+
+    return tied_pairs(values)

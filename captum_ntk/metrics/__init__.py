@@ -14,8 +14,11 @@ from .correlation import kendall_tau, pearson, spearman
 from .faithfulness import faithfulness
 from .forensics import forensic_precision_recall
 from .linearization import linearization
+from .scores import correct_class_log_probability, correct_class_margin, tied_pairs
 
 __all__ = [
+    "correct_class_log_probability",
+    "correct_class_margin",
     "correct_class_probability",
     "faithfulness",
     "forensic_precision_recall",
@@ -25,4 +28,5 @@ __all__ = [
     "pearson",
     "spearman",
     "test_accuracy_differential",
+    "tied_pairs",
 ]

@@ -14,11 +14,16 @@ from torch import Tensor
 from ..surrogate import KernelGLM
 from ._checks import ArrayLike, _labels
 from .agreement import (
-    correct_class_probability,
     misclassification_coincidence_rate,
     test_accuracy_differential,
 )
 from .correlation import kendall_tau
+from .scores import (
+    correct_class_log_probability,
+    correct_class_margin,
+    tied_pairs,
+    tied_pairs_in_either,
+)
 
 
 # --------------------------------------------------------------------------- faithfulness
@@ -108,16 +113,25 @@ def faithfulness(
 
     Computes, on the test examples ``inputs`` with true ``labels``:
 
-    - ``"tau"``: Kendall tau-b between the network's and the kGLM's probability of the correct
-      class (:func:`kendall_tau`; ``nan`` with a warning if either is constant),
+    - ``"tau"``: Kendall tau-b between the network's and the kGLM's log-probability of the correct
+      class (:func:`kendall_tau`; ``nan`` with a warning if either is constant). Both are computed
+      in float64 from logits (``log_softmax``, ``logsigmoid`` for one logit), so a confident
+      network whose probabilities round to 1.0 does not produce ties; Kendall tau is invariant
+      to the monotone map from probability to log-probability, so this is the paper's tau_K
+      without rounding,
+    - ``"tau_margin"``: Kendall tau-b of the correct-class margins (the correct logit minus the
+      largest other logit; ``+-s`` for one logit),
+    - ``"ties"``: the number of test pairs tied in either model's log-probabilities (pairs tau
+      cannot order), with ``"ties_nn"`` / ``"ties_surrogate"`` the pairs tied in each,
     - ``"tad"``: test accuracy differential ``acc_surrogate - acc_nn``,
     - ``"r_miss"``: misclassification coincidence rate (Eq. 21; ``nan`` if neither model errs),
     - ``"acc_nn"``, ``"acc_surrogate"``: the two test accuracies,
 
-    all as Python floats. The network's probabilities are the softmax of
-    ``forward_func(inputs)`` for ``C > 1`` outputs and the sigmoid of the single logit for
-    outputs of shape ``(n,)`` or ``(n, 1)`` (then labels must be 0/1 and the prediction is
-    ``logit > 0``). The kGLM's come from ``surrogate.predict_proba(kernel)``.
+    all as Python floats (ints for the ties). The network's scores come from
+    ``forward_func(inputs)``: ``(n, C)`` logits with a softmax, or one logit of shape ``(n,)`` /
+    ``(n, 1)`` with a sigmoid (labels must then be 0/1; the prediction is ``logit > 0``). The
+    kGLM's come from ``surrogate.decision_function`` / ``predict_log_proba`` on the float64
+    test kernel.
 
     ``forward_func`` is evaluated as given, in batches of ``batch_size`` under
     ``torch.no_grad()``: put a model in eval mode first. Tensors in ``inputs`` are sliced
@@ -142,18 +156,21 @@ def faithfulness(
                     kernel; skips ``attribution.influence``.
         batch_size (int, optional): Batch size of the network's forward passes. Default: 256
         return_per_example (bool, optional): Also return the ``(n,)`` CPU tensors ``"p_nn"``,
-                    ``"p_surrogate"`` (correct-class probabilities), ``"pred_nn"`` and
-                    ``"pred_surrogate"`` (predicted labels). Default: False
+                    ``"p_surrogate"`` (correct-class probabilities), ``"log_p_nn"``,
+                    ``"log_p_surrogate"``, ``"margin_nn"``, ``"margin_surrogate"`` (float64),
+                    ``"pred_nn"`` and ``"pred_surrogate"`` (predicted labels). Default: False
 
     Returns:
-        metrics (dict): ``{"tau", "tad", "r_miss", "acc_nn", "acc_surrogate"}`` floats, plus the
+        metrics (dict): ``{"tau", "tau_margin", "tad", "r_miss", "acc_nn", "acc_surrogate"}``
+                    floats and ``{"ties", "ties_nn", "ties_surrogate"}`` ints, plus the
                     per-example tensors when ``return_per_example``.
 
     Examples::
 
         >>> attr = TrNTKAttribution(model, train_dataset)
         >>> faithfulness(model, attr, test_x, test_y)
-        {'tau': 0.81, 'tad': -0.01, 'r_miss': 0.62, 'acc_nn': 0.93, 'acc_surrogate': 0.92}
+        {'tau': 0.81, 'tau_margin': 0.8, 'ties': 0, 'ties_nn': 0, 'ties_surrogate': 0,
+         'tad': -0.01, 'r_miss': 0.62, 'acc_nn': 0.93, 'acc_surrogate': 0.92}
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -169,35 +186,68 @@ def faithfulness(
     if not hasattr(surrogate, "classes_"):
         raise ValueError("the surrogate is not fitted; call fit (or attribution.fit_surrogate())")
 
-    # --- network
+    # --- network: scores from float64 logits (no ties from probabilities rounded to 1.0)
     logits = _forward_logits(forward_func, inputs, batch_size)
     if logits.shape[0] != n:
         raise ValueError(f"forward_func returned {logits.shape[0]} rows for {n} inputs")
     logits = logits.double()
     if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1):
-        logit = logits.reshape(n)
+        logits = logits.reshape(n)
         if bool(((truth != 0) & (truth != 1)).any()):
             raise ValueError("a one-logit network needs labels in {0, 1}")
-        # sigmoid(-s) rather than 1 - sigmoid(s): no cancellation for confident examples.
-        p_nn = torch.sigmoid(torch.where(truth == 1, logit, -logit))
-        pred_nn = (logit > 0).long()
+        pred_nn = (logits > 0).long()
         n_nn_classes = 2
     elif logits.dim() == 2:
-        p_nn = correct_class_probability(torch.softmax(logits, dim=1), truth)
         pred_nn = logits.argmax(dim=1)
         n_nn_classes = logits.shape[1]
     else:
         raise ValueError(
             f"forward_func must return (n, C), (n, 1) or (n,) logits, got {tuple(logits.shape)}"
         )
+    log_p_nn = correct_class_log_probability(logits, truth)
+    margin_nn = correct_class_margin(logits, truth)
 
     # --- surrogate
-    classes = surrogate.classes_.cpu()
-    if classes.numel() != n_nn_classes:
-        raise ValueError(
-            f"the surrogate has {classes.numel()} classes but the network has {n_nn_classes} "
-            "(2 for a one-logit network)"
+    kernel = _test_kernel(attribution, inputs, truth, test_kernel, n)
+    column = _surrogate_columns(surrogate, truth, n_nn_classes)
+    surrogate_logits = surrogate.decision_function(kernel).detach().cpu().double()
+    log_p_surrogate = _log_proba(surrogate, kernel).gather(1, column[:, None])[:, 0]
+    margin_surrogate = correct_class_margin(surrogate_logits, column)
+    pred_surrogate = surrogate.predict(kernel).detach().cpu()
+
+    result: dict[str, Any] = {
+        "tau": _safe_tau(log_p_nn, log_p_surrogate),
+        "tau_margin": _safe_tau(margin_nn, margin_surrogate),
+        "ties": tied_pairs_in_either(log_p_nn, log_p_surrogate),
+        "ties_nn": tied_pairs(log_p_nn),
+        "ties_surrogate": tied_pairs(log_p_surrogate),
+        "tad": test_accuracy_differential(pred_surrogate, pred_nn, truth),
+        "r_miss": misclassification_coincidence_rate(pred_nn, pred_surrogate, truth),
+        "acc_nn": float((pred_nn == truth).double().mean()),
+        "acc_surrogate": float((pred_surrogate == truth).double().mean()),
+    }
+    if return_per_example:
+        result.update(
+            p_nn=log_p_nn.exp(),
+            p_surrogate=log_p_surrogate.exp(),
+            log_p_nn=log_p_nn,
+            log_p_surrogate=log_p_surrogate,
+            margin_nn=margin_nn,
+            margin_surrogate=margin_surrogate,
+            pred_nn=pred_nn,
+            pred_surrogate=pred_surrogate,
         )
+    return result
+
+
+def _test_kernel(
+    attribution: _KernelAttribution,
+    inputs: Any,
+    truth: Tensor,
+    test_kernel: ArrayLike | None,
+    n: int,
+) -> Tensor:
+    """The (n, n_train) float64 test kernel, computed by ``attribution`` unless given."""
     if test_kernel is None:
         test_kernel = attribution.influence(_with_labels(inputs, truth))
     kernel = (
@@ -207,10 +257,17 @@ def faithfulness(
         raise ValueError(
             f"the test kernel must have shape ({n}, n_train), got {tuple(kernel.shape)}"
         )
-    # float64 probabilities: fewer ties from saturation at 1.0 in the Kendall tau.
-    kernel = kernel.detach().to(torch.float64)
-    probs_surrogate = surrogate.predict_proba(kernel).detach().cpu().double()
-    pred_surrogate = surrogate.predict(kernel).detach().cpu()
+    return kernel.detach().to(torch.float64)
+
+
+def _surrogate_columns(surrogate: KernelGLM, truth: Tensor, n_nn_classes: int) -> Tensor:
+    """Column of each label among the surrogate's classes (checked against the network)."""
+    classes = surrogate.classes_.cpu()
+    if classes.numel() != n_nn_classes:
+        raise ValueError(
+            f"the surrogate has {classes.numel()} classes but the network has {n_nn_classes} "
+            "(2 for a one-logit network)"
+        )
     column = torch.searchsorted(classes, truth).clamp(max=classes.numel() - 1)
     known = classes[column] == truth
     if not bool(known.all()):
@@ -218,22 +275,11 @@ def faithfulness(
         raise ValueError(
             f"labels {missing} are not among the surrogate's classes {classes.tolist()}"
         )
-    p_surrogate = probs_surrogate.gather(1, column[:, None])[:, 0]
+    return column
 
-    acc_nn = float((pred_nn == truth).double().mean())
-    acc_surrogate = float((pred_surrogate == truth).double().mean())
-    result: dict[str, Any] = {
-        "tau": _safe_tau(p_nn, p_surrogate),
-        "tad": test_accuracy_differential(pred_surrogate, pred_nn, truth),
-        "r_miss": misclassification_coincidence_rate(pred_nn, pred_surrogate, truth),
-        "acc_nn": acc_nn,
-        "acc_surrogate": acc_surrogate,
-    }
-    if return_per_example:
-        result.update(
-            p_nn=p_nn,
-            p_surrogate=p_surrogate,
-            pred_nn=pred_nn,
-            pred_surrogate=pred_surrogate,
-        )
-    return result
+
+def _log_proba(surrogate: KernelGLM, kernel: Tensor) -> Tensor:
+    """(n, C) float64 log-probabilities (``predict_log_proba`` when the surrogate has one)."""
+    if hasattr(surrogate, "predict_log_proba"):
+        return surrogate.predict_log_proba(kernel).detach().cpu().double()
+    return surrogate.predict_proba(kernel).detach().cpu().double().log()

@@ -1,5 +1,11 @@
-r"""Surrogate models fitted to kernels: the kernel GLM (kGLM, Eq. 1)."""
+r"""Surrogate models fitted to kernels: the kernel GLM (kGLM, Eq. 1).
 
-from .kglm import KernelGLM
+- :mod:`.kglm`: :class:`KernelGLM`, the estimator;
+- :mod:`.objectives`: its losses (cross-entropy with hard or soft targets, squared) and solvers;
+- :mod:`.selection`: ``alpha="auto"``, k-fold held-out faithfulness on the train kernel.
+"""
 
-__all__ = ["KernelGLM"]
+from .kglm import ABSENT_CLASS_MARGIN, KernelGLM
+from .selection import DEFAULT_ALPHA_GRID, correct_class_log_proba
+
+__all__ = ["ABSENT_CLASS_MARGIN", "DEFAULT_ALPHA_GRID", "KernelGLM", "correct_class_log_proba"]
