@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -446,3 +447,81 @@ def test_vmap_safe_rejects_training_decoders_and_causal_models(minilm):
     ).eval()
     with pytest.raises(ValueError, match="causal attention"):
         hf.check_vmap_compatibility(gpt2)
+
+
+# ----------------------------------------------------------------------------- per-layer masks
+
+
+def tiny_modernbert(pooling="cls", local_attention=8):
+    torch.manual_seed(5)
+    config = transformers.ModernBertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=40,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        local_attention=local_attention,
+        global_attn_every_n_layers=3,
+        classifier_pooling=pooling,
+        num_labels=2,
+        attn_implementation="eager",
+    )
+    return transformers.ModernBertForSequenceClassification(config).eval().double()
+
+
+def test_layer_masks_match_transformers_sliding_window():
+    """The vmap-safe masks allow exactly what masking_utils allows, for every real query."""
+    from transformers.masking_utils import (
+        create_bidirectional_mask,
+        create_bidirectional_sliding_window_mask,
+    )
+
+    from captum_ntk.integrations.huggingface.masks import layer_masks
+
+    model = tiny_modernbert()
+    mask = torch.tensor([[1] * 14 + [0] * 4, [1] * 18])
+    embeds = torch.zeros(2, 18, 16, dtype=torch.float64)
+    kwargs = dict(config=model.config, inputs_embeds=embeds, attention_mask=mask)
+    theirs = {
+        "full_attention": create_bidirectional_mask(**kwargs),
+        "sliding_attention": create_bidirectional_sliding_window_mask(**kwargs),
+    }
+    ours = layer_masks(mask, tuple(theirs), model.config.sliding_window, torch.float64)
+    real_query = (mask == 1)[:, None, :, None]
+    for kind, reference in theirs.items():
+        allowed_theirs = (reference == 0).expand(2, 1, 18, 18)
+        allowed_ours = (ours[kind] == 0).expand(2, 1, 18, 18)
+        assert torch.equal(allowed_ours & real_query, allowed_theirs & real_query), kind
+    assert not bool((ours["sliding_attention"] == 0)[0, 0, 0, 5:].any())  # the window bites
+
+
+def test_modernbert_keeps_2d_mask_for_the_classifier():
+    model = tiny_modernbert("mean")
+    assert hf.attention_mask_format(model) == "per_layer"
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 0]]),
+    }
+    assert torch.equal(hf.prepare_inputs(model, batch)["attention_mask"], batch["attention_mask"])
+    with pytest.raises(ValueError, match="2-D"):
+        hf.prepare_inputs(model, {**batch, "attention_mask": torch.zeros(1, 1, 1, 4)})
+
+
+def test_probe_runs_past_the_attention_window(monkeypatch):
+    """Without per-layer masks a sliding-window model fails the probe: it tests long sequences."""
+    from captum_ntk.integrations.huggingface import inputs as hf_inputs
+    from captum_ntk.integrations.huggingface import vmap as hf_vmap
+
+    model = tiny_modernbert()
+    hf.check_vmap_compatibility(model)  # the per-layer masks pass
+    monkeypatch.setattr(hf_inputs, "uses_per_layer_masks", lambda m: False)
+    monkeypatch.setattr(hf_vmap, "per_layer_mask_hook", lambda m: contextlib.nullcontext())
+    assert hf.attention_mask_format(model) == "additive_4d"  # one padding mask for all layers
+    with pytest.raises(RuntimeError, match="differ from the unpadded"):
+        hf.check_vmap_compatibility(model)

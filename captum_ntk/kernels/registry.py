@@ -29,7 +29,7 @@ from ..engine.features import (
     ProjectedSummedGradientFeatures,
     SummedGradientFeatures,
 )
-from ..engine.layers import last_linear, leaf_layers_with_parameters
+from ..engine.layers import CalledLeafOutputFeatures, LastLinearInputFeatures
 from ..engine.model import ModelFunction
 from ..engine.projection import RandomProjection
 
@@ -67,17 +67,17 @@ def _as_list(layers: Sequence[str] | str) -> list[str]:
 
 
 def _ck(function: ModelFunction, layers, projection) -> FeatureMap:
-    names = [last_linear(function.model)] if layers is None else _as_list(layers)
+    if layers is None:  # the last nn.Linear called, found on the first block
+        return LastLinearInputFeatures(function)
+    names = _as_list(layers)
     if len(names) != 1:
         raise ValueError(f"The conjugate kernel takes one layer, got {names}.")
     return ActivationFeatures(function, names, "input")
 
 
 def _embedding(function: ModelFunction, layers, projection) -> FeatureMap:
-    if layers is None:
-        return ActivationFeatures(
-            function, leaf_layers_with_parameters(function.model), "output", False
-        )
+    if layers is None:  # called leaves with per-example outputs, found on the first block
+        return CalledLeafOutputFeatures(function)
     return ActivationFeatures(function, _as_list(layers), "output")
 
 

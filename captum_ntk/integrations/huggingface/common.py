@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Literal
 
-MaskFormat = Literal["additive_4d", "binary_2d"]
+MaskFormat = Literal["additive_4d", "per_layer", "binary_2d"]
 
 _TOKEN_ID_KEYS = ("input_ids", "token_type_ids", "position_ids")
 _DROPPED_KEYS = ("labels",)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .common import _COMMON_KEYS, _DROPPED_KEYS, _TOKEN_ID_KEYS, MaskFormat
+from .masks import layer_types, uses_per_layer_masks
 
 
 def attention_mask_format(model: nn.Module) -> MaskFormat:
@@ -23,11 +24,16 @@ def attention_mask_format(model: nn.Module) -> MaskFormat:
         model (nn.Module): A Hugging Face ``PreTrainedModel``.
 
     Returns:
-        mask_format (str): ``"additive_4d"`` if the model builds its masks with
-            ``transformers.masking_utils`` (transformers 5.x and recent models), which returns a
-            4-D mask untouched; ``"binary_2d"`` for legacy models that turn a 2-D 0/1 mask into a
-            bias with plain arithmetic (``get_extended_attention_mask`` and the like).
+        mask_format (str): ``"per_layer"`` for models whose layers use different masks (the
+            bidirectional sliding-window layers of ModernBERT, see :mod:`.masks`): the 2-D mask
+            is kept for the classifier and the base model gets one 4-D mask per layer type;
+            ``"additive_4d"`` if the model builds its masks with ``transformers.masking_utils``
+            (transformers 5.x and recent models), which returns a 4-D mask untouched;
+            ``"binary_2d"`` for legacy models that turn a 2-D 0/1 mask into a bias with plain
+            arithmetic (``get_extended_attention_mask`` and the like).
     """
+    if uses_per_layer_masks(model):
+        return "per_layer"
     base = getattr(model, "base_model", model)
     for candidate in (base, model):
         for cls in type(candidate).__mro__:
@@ -295,7 +301,9 @@ def prepare_inputs(
     ``labels`` (the kernel is of the logits) and, for models using ``transformers.masking_utils``,
     replaces the 2-D 0/1 ``attention_mask`` (B, T) by the additive float mask (B, 1, 1, T) in the
     model's dtype: 0 where attended, ``torch.finfo(dtype).min`` on padding. Legacy models keep the
-    2-D mask (see :func:`attention_mask_format`).
+    2-D mask, and so do models with a mask per layer type (ModernBERT's sliding-window layers):
+    :func:`vmap_safe` builds their per-layer masks inside the base model (see
+    :func:`attention_mask_format` and :mod:`.masks`).
 
     Args:
         model (nn.Module): The Hugging Face model.
@@ -316,6 +324,14 @@ def prepare_inputs(
     if mask is None:
         return out
     mask_format = attention_mask_format(model)
+    if mask_format == "per_layer":
+        layer_types(model)  # refuses layer types whose masks are unknown
+        if mask.dim() != 2:
+            raise ValueError(
+                f"{type(model).__name__} uses a different mask per layer type (sliding window); "
+                "pass the 2-D (B, T) attention_mask instead of a prepared one"
+            )
+        return out
     if mask.dim() == 4:
         if mask_format != "additive_4d":
             raise ValueError(

@@ -28,9 +28,12 @@ Approach chosen: *eager attention plus a mask in the format the model passes thr
    attention their ``get_extended_attention_mask`` is plain arithmetic and ``vmap``-safe, whereas a
    4-D mask is rejected (BERT) or silently misread (DistilBERT 4.x treats it as a 0/1 mask).
    The format is picked by :func:`attention_mask_format`, which looks at whether the model's
-   ``transformers`` module uses ``masking_utils``.
+   ``transformers`` module uses ``masking_utils``. Models with a mask per layer type (ModernBERT's
+   sliding-window layers) keep the 2-D mask and get per-layer masks from a pre-hook on their base
+   model while :func:`vmap_safe` is active (see :mod:`.masks`).
 3. :func:`check_vmap_compatibility` (run once per model, dtype and device by :func:`vmap_safe`)
-   verifies the whole chain numerically: logits of short synthetic examples computed under ``vmap``
+   verifies the whole chain numerically: logits of synthetic examples (one longer than any
+   attention window the config declares) computed under ``vmap``
    with padding must equal plain unpadded forward passes. Models whose masking we do not understand
    (causal decoders, custom mask code) fail loudly here instead of giving a wrong kernel.
 
@@ -61,6 +64,8 @@ works without it.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import sys
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -69,7 +74,14 @@ import torch
 from torch import Tensor, nn
 
 from .common import is_hf_model
-from .inputs import _float_dtype, _vocab_size, attention_mask_format, prepare_inputs
+from .inputs import (
+    _float_dtype,
+    _max_sequence_length,
+    _vocab_size,
+    attention_mask_format,
+    prepare_inputs,
+)
+from .masks import per_layer_mask_hook
 
 # (model, dtype, device, mask format, attention implementation) combinations that passed the probe.
 _VERIFIED: weakref.WeakKeyDictionary[nn.Module, set[tuple[Any, ...]]] = weakref.WeakKeyDictionary()
@@ -154,7 +166,7 @@ def vmap_safe(model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
     switched = False
     if current != "eager":
         can_switch = (
-            attention_mask_format(model) == "additive_4d"
+            attention_mask_format(model) in ("additive_4d", "per_layer")
             and hasattr(model, "set_attn_implementation")
             and getattr(type(model), "_can_set_attn_implementation", lambda: False)()
         )
@@ -169,10 +181,16 @@ def vmap_safe(model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
                 "load the model with attn_implementation='eager' (e.g. "
                 "captum_ntk.hf.load_sequence_classifier)"
             )
+    masks = (
+        per_layer_mask_hook(model)
+        if attention_mask_format(model) == "per_layer"
+        else contextlib.nullcontext()
+    )
     try:
-        if check:
-            _probe_cached(model)
-        yield model
+        with masks:
+            if check:
+                _probe_cached(model)
+            yield model
     finally:
         if switched:
             _restore(saved)
@@ -208,7 +226,8 @@ def check_vmap_compatibility(model: nn.Module) -> None:
     r"""
     Verifies numerically that ``model`` gives padding-free logits under ``vmap``.
 
-    Runs two short synthetic token sequences (3 and 5 tokens) padded together to 7 through
+    Runs two synthetic token sequences (3 tokens, and 5 or, for models with local attention,
+    more than the longest attention window in the config) padded together (by 2 more) through
     :func:`prepare_inputs` and ``torch.func.vmap`` inside :func:`vmap_safe`, and compares the logits
     with plain forward passes on each unpadded sequence. Costs three tiny forward passes.
 
@@ -224,6 +243,52 @@ def check_vmap_compatibility(model: nn.Module) -> None:
         _VERIFIED.setdefault(model, set()).add(_probe_key(model))
 
 
+def computes_in_float32(model: nn.Module) -> bool:
+    r"""
+    Whether ``model``'s transformers code runs parts of attention in float32 whatever the dtype.
+
+    ModernBERT, for example, applies its rotary embedding to ``q.float()`` and takes the softmax
+    with ``dtype=torch.float32``; a float64 model then agrees with itself only to about float32
+    precision when shapes (padding) change.
+
+    Args:
+        model (nn.Module): A Hugging Face ``PreTrainedModel``.
+
+    Returns:
+        float32_inside (bool): True if the model module's ``eager_attention_forward`` or
+            ``apply_rotary_pos_emb`` casts to float32.
+    """
+    module = sys.modules.get(type(getattr(model, "base_model", model)).__module__)
+    for name in ("eager_attention_forward", "apply_rotary_pos_emb"):
+        function = getattr(module, name, None)
+        with contextlib.suppress(TypeError, OSError):
+            source = inspect.getsource(function) if function is not None else ""
+            if "torch.float32" in source or ".float()" in source:
+                return True
+    return False
+
+
+#: config attributes that bound how far a token attends (local / sliding-window attention)
+_WINDOW_KEYS = ("sliding_window", "local_attention", "attention_window")
+
+
+def _probe_lengths(model: nn.Module) -> tuple[tuple[int, int], int]:
+    """Probe lengths: a short sequence and one longer than any attention window the configs
+    declare (so a mask that drops the window shows), padded by 2 (capped by the positions)."""
+    windows = [5]
+    for config in _attn_configs(model):
+        for key in _WINDOW_KEYS:
+            value = getattr(config, key, None)
+            for window in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+                    windows.append(window + 3)
+    long = max(windows)
+    limit = _max_sequence_length(model)
+    if limit is not None:
+        long = max(3, min(long, limit - 2))
+    return (3, long), long + 2
+
+
 def _probe(model: nn.Module) -> None:
     name = type(model).__name__
     first = next(iter(model.parameters()), None)
@@ -233,7 +298,7 @@ def _probe(model: nn.Module) -> None:
     pad_id = getattr(model.config, "pad_token_id", None)
     pad_id = pad_id if isinstance(pad_id, int) and 0 <= pad_id < vocab else 0
     candidates = [i for i in range(min(vocab, 16)) if i != pad_id] or [0]
-    lengths, padded_len = (3, 5), 7
+    lengths, padded_len = _probe_lengths(model)
     rows, masks = [], []
     for n, length in enumerate(lengths):
         tokens = [candidates[(n + 3 * k) % len(candidates)] for k in range(length)]
@@ -268,6 +333,8 @@ def _probe(model: nn.Module) -> None:
                 f"{attention_mask_format(model)} masks: {err}"
             ) from err
     tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 2e-2)
+    if dtype == torch.float64 and computes_in_float32(model):
+        tol = 1e-5
     for i, reference in enumerate(references):
         scale = float(reference.abs().max()) + 1e-6
         error = float((batched[i] - reference).abs().max())
