@@ -753,3 +753,147 @@ def test_top_k_ties_go_to_the_lower_index_whatever_the_batch_size() -> None:
         assert torch.equal(r, results[0])
     # of each tied pair, the lower index comes first
     assert bool((results[0][:, 0] < 5).all())
+
+
+# ------------------------------------------------------------------------------------------------
+# self-influence scores
+# ------------------------------------------------------------------------------------------------
+SURROGATE_GLM = {"target": "labels", "alpha": 1e-2}
+
+
+@pytest.mark.parametrize(
+    "cls, raw", [(cn.TrNTKAttribution, "trntk0"), (cn.PNTKAttribution, "pntk0")]
+)
+def test_self_influence_norm_is_unnormalised_diagonal(
+    cls: type[cn.NTKAttribution], raw: str, case: Case
+) -> None:
+    attr = make_attr(cls, case)
+    expected = cn.kernel_matrix(case.model, case.kernel_inputs(case.train_x), kernel=raw)
+    assert_close(attr.self_influence(score="norm"), expected.diagonal())
+    assert torch.equal(attr.self_influence(), torch.ones(N_TRAIN, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case_name", ["mlp", "single_logit"])
+def test_surrogate_self_scores_match_attribute(case_name: str) -> None:
+    case = CASES[case_name]()
+    attr = make_attr(cn.TrNTKAttribution, case)
+    attr.fit_surrogate(**SURROGATE_GLM)
+    full = attr.attribute(case.dataset)  # (N, L, N), brute force over the training set
+    if full.shape[1] == 1:  # binary kGLM: class 0 gets the negated attributions
+        full = torch.cat([-full, full], dim=1)
+    y = case.train_y
+    i = torch.arange(N_TRAIN)
+    assert_close(attr.self_influence(score="self_attribution"), full[i, y, i], 1e-10)
+    rest = full.sum(dim=2) - full[i, :, i]  # (N, L): sum over j != i
+    own = rest[i, y]
+    other = rest.scatter(1, y[:, None], -torch.inf).amax(dim=1)
+    assert_close(attr.self_influence(score="surrogate"), other - own, 1e-10)
+
+
+def test_surrogate_self_influence_flags_mislabelled_digits() -> None:
+    from captum_ntk.apps.datasets import load_digits_tensors
+    from captum_ntk.apps.models import DigitsMLP, train_classifier
+
+    x, y, _, _ = load_digits_tensors(train_size=300, test_size=100, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    flipped = torch.randperm(len(y), generator=gen)[: len(y) // 20]  # 5% of the labels
+    noisy = y.clone()
+    noisy[flipped] = (y[flipped] + torch.randint(1, 10, (len(flipped),), generator=gen)) % 10
+    model = train_classifier(DigitsMLP(hidden=32, seed=0), x, noisy, epochs=30).double()
+    attr = cn.TrNTKAttribution(model, TensorDataset(x.double(), noisy), batch_size=100)
+
+    def mean_rank(score: Tensor) -> float:  # 0 = ranked first, 1 = ranked last
+        ranks = torch.empty(len(score))
+        ranks[score.argsort(descending=True, stable=True)] = torch.arange(len(score)).float()
+        return (ranks[flipped].mean() / len(score)).item()
+
+    kernel_diagonal = attr.self_influence()
+    assert torch.equal(kernel_diagonal, torch.ones_like(kernel_diagonal))  # no information
+    for alpha in (1e-1, 1e-2, 1e-4):  # strongly to weakly regularised kGLMs
+        attr.fit_surrogate(target="labels", alpha=alpha)
+        assert mean_rank(attr.self_influence(score="surrogate")) < 0.25, alpha
+
+
+def test_self_influence_argument_errors(mlp: Case) -> None:
+    attr = make_attr(cn.TrNTKAttribution, mlp)
+    with pytest.raises(ValueError, match="score must be one of"):
+        attr.self_influence(score="loss")
+    with pytest.raises(ValueError, match="training examples only"):
+        attr.self_influence(mlp.test_batch, score="surrogate")
+    with pytest.raises(ValueError, match=r"shape \(11,\)"):
+        attr.self_influence(score="surrogate", labels=torch.zeros(N_TRAIN, 3))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        attr.self_influence(score="self_attribution", labels=torch.full((N_TRAIN,), 3))
+    with pytest.raises(ValueError, match="score='surrogate'"):
+        attr.self_influence(labels=mlp.train_y)
+    unlabelled = make_attr(cn.TrNTKAttribution, mlp, data=mlp.train_x[0])
+    with pytest.raises(ValueError, match="pass labels="):
+        unlabelled.self_influence(score="surrogate")
+
+
+# ------------------------------------------------------------------------------------------------
+# label-aware ranking: influence(rank_by="attribution")
+# ------------------------------------------------------------------------------------------------
+def brute_force_attribution(attr: cn.NTKAttribution, case: Case, labelled: bool) -> Tensor:
+    """A(x, x_i)^{c(x)} from attribute(): c = the label, or the argmax of the summed logits."""
+    full = attr.attribute(case.test_batch)  # (n, L, N)
+    if full.shape[1] == 1:
+        full = torch.cat([-full, full], dim=1)
+    classes = case.test_y if labelled else full.sum(dim=2).argmax(dim=1)
+    return full[torch.arange(len(classes)), classes]
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "predicted"])
+@pytest.mark.parametrize("cls", [cn.TrNTKAttribution, cn.ProjPNTKAttribution], ids=str)
+def test_rank_by_attribution_matches_brute_force(
+    cls: type[cn.NTKAttribution], case: Case, labelled: bool
+) -> None:
+    attr = make_attr(cls, case, batch_size=3)
+    attr.fit_surrogate(**SURROGATE_GLM)
+    expected = brute_force_attribution(attr, case, labelled)
+    inputs = case.test_batch if labelled else case.kernel_inputs(case.test_x)
+    if not labelled and len(case.test_x) > 1:
+        pytest.skip("a multi-input batch without labels reads its last input as labels")
+    assert_close(attr.influence(inputs, rank_by="attribution"), expected, 1e-10)
+    for proponents in (True, False):
+        for k in (1, 4, N_TRAIN):
+            top = attr.influence(inputs, k=k, proponents=proponents, rank_by="attribution")
+            scores, indices = torch.topk(expected, k, dim=1, largest=proponents)
+            assert torch.equal(top.indices, indices)
+            assert_close(top.influence_scores, scores, 1e-10)
+
+
+def test_rank_by_attribution_is_memory_bounded_and_blocksize_free(mlp: Case) -> None:
+    attr = make_attr(cn.TrNTKAttribution, mlp, batch_size=4)
+    glm = attr.fit_surrogate(**SURROGATE_GLM)
+    limit = minimum_memory_limit(attr.feature_map, attr.train_inputs)
+    tight = make_attr(cn.TrNTKAttribution, mlp, batch_size=2, memory_limit=limit)
+    tight.surrogate = glm
+    for proponents in (True, False):
+        a = attr.influence(mlp.test_batch, k=5, proponents=proponents, rank_by="attribution")
+        b = tight.influence(mlp.test_batch, k=5, proponents=proponents, rank_by="attribution")
+        assert torch.equal(a.indices, b.indices)
+        assert_close(a.influence_scores, b.influence_scores, 1e-10)
+
+
+def test_influence_argument_errors(mlp: Case) -> None:
+    attr = make_attr(cn.TrNTKAttribution, mlp)
+    for k in (0, -1, N_TRAIN + 1):
+        with pytest.raises(ValueError, match=rf"k must lie in \[1, {N_TRAIN}\]"):
+            attr.influence(mlp.test_batch, k=k)
+    for k in (2.5, True, "3"):
+        with pytest.raises(TypeError, match="k must be an int"):
+            attr.influence(mlp.test_batch, k=k)
+    with pytest.raises(ValueError, match="rank_by must be one of"):
+        attr.influence(mlp.test_batch, rank_by="loss")
+    with pytest.raises(TypeError, match="proponents must be True or False"):
+        attr.influence(mlp.test_batch, k=2, proponents="yes")
+    attr.fit_surrogate(**SURROGATE_GLM)
+    (x,) = mlp.test_x
+    one_hot = torch.nn.functional.one_hot(mlp.test_y, 3)
+    with pytest.raises(ValueError, match="21 labels for 7 examples"):
+        attr.influence((x, one_hot), k=2, rank_by="attribution")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        attr.influence((x, mlp.test_y + 3), k=2, rank_by="attribution")
+    with pytest.raises(ValueError, match="integer class indices"):
+        attr.influence((x, mlp.test_y + 0.5), rank_by="attribution")

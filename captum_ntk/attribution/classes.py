@@ -11,11 +11,13 @@ from ..engine.model import check_mode
 from ..kernels.assembly import FeatureCache
 from ..kernels.registry import KERNELS
 from .base import NTKAttribution
+from .state import current_model_state
 
 
 class _ProjectedMixin:
     """``compute_intermediate_quantities`` for projected kernels."""
 
+    @current_model_state
     def compute_intermediate_quantities(
         self, inputs: Any, normalize: bool = True, show_progress: bool = False
     ) -> Tensor:
@@ -30,7 +32,8 @@ class _ProjectedMixin:
             show_progress (bool): progress bar.
 
         Returns:
-            Tensor: (n, C*K) for proj-trNTK, (n, K) for proj-pNTK, on the CPU.
+            Tensor: (n, C*K) for proj-trNTK, (n, K) for proj-pNTK, on the CPU, of the model's
+            current parameters.
         """
         x = self._test_inputs(inputs)  # type: ignore[attr-defined]
         cache = FeatureCache(self.feature_map, x, self.block_size)  # type: ignore[attr-defined]
