@@ -1,0 +1,309 @@
+r"""The structured exact-kernel engine: per-layer Grams instead of per-example Jacobians.
+
+:class:`GramFeatures` is a :class:`~captum_ntk.engine.features.FeatureMap` for the exact gradient
+kernels (entk, trntk0, trntk, pntk0, pntk). For a block of B examples it runs one batched forward
+pass that records the inputs of every covered layer, and batched backward passes (one per chunk of
+logits) for the gradients ``delta`` of the logits with respect to those layers' outputs. Each layer
+then contributes either its inputs and output gradients, contracted pairwise in :meth:`inner`
+(``<A_i A_j^T, Delta_i Delta_j^T>``, see :mod:`.contract`), or its materialised per-example
+gradients (B, K, p), whichever costs fewer multiply-adds per pair of examples.
+
+Parameters the rules do not cover (unknown module types, tied parameters, modules called more than
+once, parameters used outside their module's forward) get per-example Jacobian pieces from
+``torch.func`` (:meth:`ModelFunction.jacobian` on the restricted parameter selection).
+
+The plan (which modules are covered and how) is made once, on the first block, and verified: the
+gradient the rules imply for a random per-example weighting of the logits must equal autograd's
+gradient of the same weighted sum, parameter by parameter. This catches parameters used outside
+their module, modules whose batch dimension is not the first, and forward passes that mix examples.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from ..features import FeatureMap, JacobianFeatures, SummedGradientFeatures
+from ..inputs import ModelInputs
+from ..model import ModelFunction, batch_statistics_modules, stochastic_train_mode_modules
+from .capture import Capture, forward_capture, output_gradients
+from .contract import GramPiece, per_class_inner, trace_inner, trace_sq_norms
+from .layers import LayerRule, make_rule
+
+#: Examples of the first block used to make the plan (and to estimate feature sizes).
+PLAN_EXAMPLES = 4
+
+
+class GramBlocks:
+    r"""Features of a block of B examples: Gram pieces and materialised gradient pieces.
+
+    Attributes:
+        grams (list[GramPiece]): layers in Gram form.
+        dense (list[Tensor]): materialised per-example gradients, (B, K, p_l) each.
+    """
+
+    def __init__(self, grams: list[GramPiece], dense: list[Tensor], size: int) -> None:
+        self.grams = grams
+        self.dense = dense
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _tensors(self) -> list[Tensor]:
+        return [t for g in self.grams for t in g.tensors()] + self.dense
+
+    def numel(self) -> int:
+        """Total number of values held."""
+        return sum(t.numel() for t in self._tensors())
+
+    def element_size(self) -> int:
+        """Bytes per value (of the floating-point tensors)."""
+        floats = [t for t in self._tensors() if t.is_floating_point()]
+        return floats[0].element_size() if floats else 4
+
+
+def candidate_rules(function: ModelFunction) -> tuple[list[LayerRule], dict[str, str]]:
+    r"""Rules for the modules that own selected parameters and are of a covered type.
+
+    Returns:
+        (rules, reasons): the candidate rules, and module name -> why it is not covered.
+    """
+    model = function.model
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    selected = set(function.names)
+    values = {**function.frozen, **function.params}
+    rules, reasons = [], {}
+    for name, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        full = {local: f"{name}.{local}" if name else local for local in own}
+        chosen = {local: full[local] for local in own if full[local] in selected}
+        if not chosen:
+            continue
+        if any(uses[id(p)] > 1 for p in own.values()):
+            reasons[name] = "it shares (ties) a parameter with another module"
+            continue
+        tensors = {local: values[f] for local, f in full.items() if f in values}
+        for local, _ in module.named_buffers(recurse=False):
+            key = f"{name}.{local}" if name else local
+            if key in values:
+                tensors[local] = values[key]
+        rule = make_rule(name or "<root>", module, chosen, tensors)
+        if rule is None:
+            reasons[name] = f"no Gram rule for {type(module).__name__} in this configuration"
+        else:
+            rules.append(rule)
+    return rules, reasons
+
+
+def restricted_function(function: ModelFunction, names: list[str]) -> ModelFunction:
+    """A copy of ``function`` differentiating only the parameters ``names`` (others frozen)."""
+    sub = copy.copy(function)
+    sub.names = list(names)
+    sub.params = {n: function.params[n] for n in names}
+    sub.shapes = [tuple(p.shape) for p in sub.params.values()]
+    sub.sizes = [p.numel() for p in sub.params.values()]
+    sub.num_params = sum(sub.sizes)
+    rest = {n: p for n, p in function.params.items() if n not in sub.params}
+    sub.frozen = {**function.frozen, **rest}
+    return sub
+
+
+class GramFeatures(FeatureMap):
+    r"""Exact gradient-kernel features from per-layer inputs and output gradients.
+
+    Args:
+        function (ModelFunction): the model and its selected parameters.
+        per_class (bool): return (B1, B2, C, C) blocks (entk) instead of the trace.
+        summed (bool): gradients of the summed logits, products scaled by 1/C (pntk0, pntk).
+    """
+
+    def __init__(self, function: ModelFunction, per_class: bool = False, summed: bool = False):
+        super().__init__(function)
+        self.per_class = per_class
+        self.summed = summed
+        self.per_logit = not summed
+        self.what = "gradient" if summed else "Jacobian"
+        self.rules: list[LayerRule] | None = None
+        self.fallback: ModelFunction | None = None
+        #: module name -> why its parameters are left to the Jacobian path
+        self.not_covered: dict[str, str] = {}
+        self.num_outputs: int | None = None
+        self._example_bytes: int | None = None
+
+    # ------------------------------------------------------------------ plan
+    def _combinations(self, num_logits: int) -> Tensor:
+        if self.summed:
+            return torch.ones(1, num_logits)
+        return torch.eye(num_logits)
+
+    def _class_chunk(self, record: Capture, num_combinations: int) -> int:
+        """Combinations per backward pass so one pass's gradients fit a quarter of the budget."""
+        outputs = [o for outs in record.outputs.values() for o in outs]
+        per_combination = sum(o.numel() * o.element_size() for o in outputs) * 3
+        return int(max(1, min(num_combinations, self.memory_limit // 4 // max(1, per_combination))))
+
+    def plan(self, inputs: ModelInputs) -> None:
+        r"""Chooses, from a block of examples, which modules are covered and in which form.
+
+        Args:
+            inputs (ModelInputs): a few examples (the first ones of the first block).
+        """
+        self._check_mode()
+        function = self.function
+        candidates, self.not_covered = candidate_rules(function)
+        prepared = function.prepare(inputs)
+        record = forward_capture(function, prepared, candidates)
+        batch = prepared.num_examples
+        usable = []
+        for rule in candidates:
+            problem = record.problem(rule, batch)
+            if problem is None:
+                usable.append(rule)
+            else:
+                self.not_covered[rule.name] = problem
+        combos = self._combinations(record.logits.shape[1])
+        targets = [record.outputs[r.name][0] for r in usable]
+        deltas = output_gradients(
+            record.logits, targets, combos, self._class_chunk(record, len(combos))
+        )
+        self.rules = self._consistent(record, usable, deltas, combos)
+        for rule in self.rules:
+            gram, materialised = rule.costs(record.inputs[rule.name][0], combos.shape[0])
+            rule.use_gram = rule.gram_capable and gram < materialised
+        covered = {n for rule in self.rules for n in rule.param_names}
+        rest = [n for n in function.names if n not in covered]
+        self.fallback = restricted_function(function, rest) if rest else None
+
+    def _consistent(
+        self, record: Capture, rules: list[LayerRule], deltas: list[Tensor], combos: Tensor
+    ) -> list[LayerRule]:
+        """The rules whose implied gradients of a random weighting of the logits are autograd's."""
+        if not rules:
+            return []
+        logits = record.logits
+        gen = torch.Generator().manual_seed(0)
+        weights = torch.randn(logits.shape[0], combos.shape[0], generator=gen, dtype=torch.float64)
+        weights = weights.to(device=logits.device, dtype=logits.dtype)
+        cotangent = weights @ combos.to(weights)
+        names = [n for rule in rules for n in rule.param_names]
+        grads = torch.autograd.grad(
+            logits,
+            [record.params[n] for n in names],
+            cotangent,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        actual = dict(zip(names, grads))
+        tol = 1e4 * torch.finfo(logits.dtype).eps
+        kept = []
+        for rule, delta in zip(rules, deltas):
+            implied = rule.weighted_grad(record.inputs[rule.name][0], delta, weights)
+            truth = torch.cat([actual[n].reshape(-1) for n in rule.param_names])
+            scale = max(float(truth.norm()), float(implied.norm()))
+            if float((implied - truth).norm()) <= tol * scale:
+                kept.append(rule)
+            else:
+                self.not_covered[rule.name] = (
+                    "its parameters' gradient is not what its input and output gradient imply "
+                    "(a parameter used outside the module, or a batch dimension not first)"
+                )
+        return kept
+
+    def _check_mode(self) -> None:
+        model = self.function.model
+        found = stochastic_train_mode_modules(model) + batch_statistics_modules(model)
+        if found:
+            raise RuntimeError(
+                "The Gram engine runs the model on whole blocks, but these modules make the "
+                f"output random or batch-dependent: {', '.join(found[:5])}. Call model.eval() "
+                "(or pass eval_mode=True to kernel_matrix)."
+            )
+
+    def layer_forms(self) -> dict[str, str]:
+        """Module name -> "gram" or "materialised" for the covered modules (after planning)."""
+        return {r.name: "gram" if r.use_gram else "materialised" for r in self.rules or []}
+
+    # ------------------------------------------------------------------ features
+    def __call__(self, inputs: ModelInputs) -> GramBlocks:
+        if self.rules is None:
+            self.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+        self._check_mode()
+        function = self.function
+        prepared = function.prepare(inputs)
+        record = forward_capture(function, prepared, self.rules)
+        batch = prepared.num_examples
+        for rule in self.rules:
+            problem = record.problem(rule, batch)
+            if problem is not None:
+                raise RuntimeError(
+                    f"Module {rule.name!r} was covered by the Gram engine on the first block but "
+                    f"in this block {problem}. Use engine='jacobian' for this model."
+                )
+        self.num_outputs = int(record.logits.shape[1])
+        combos = self._combinations(self.num_outputs)
+        targets = [record.outputs[r.name][0] for r in self.rules]
+        chunk = self._class_chunk(record, len(combos))
+        deltas = output_gradients(record.logits, targets, combos, chunk)
+        captured = [record.inputs[r.name][0] for r in self.rules]
+        del record, targets
+        grams, dense = [], []
+        for rule, a, delta in zip(self.rules, captured, deltas):
+            piece = rule.finish(a, delta)
+            (grams if isinstance(piece, GramPiece) else dense).append(piece)
+        del deltas, captured
+        dense.extend(self._fallback_pieces(inputs))
+        return GramBlocks(grams, dense, batch)
+
+    def _fallback_pieces(self, inputs: ModelInputs) -> list[Tensor]:
+        if self.fallback is None:
+            return []
+        if self.summed:
+            summed = SummedGradientFeatures(self.fallback)
+            summed.memory_limit = self.memory_limit
+            return [g[:, None, :] for g in summed(inputs).parts]
+        jacobian = JacobianFeatures(self.fallback)
+        jacobian.memory_limit = self.memory_limit
+        return jacobian(inputs).parts
+
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        """Bytes of features per example, measured on the first examples of ``inputs``."""
+        if self._example_bytes is None:
+            probe = inputs.slice(0, min(len(inputs), PLAN_EXAMPLES))
+            feats = self(probe)
+            self._example_bytes = -(-feats.numel() * feats.element_size() // len(feats))
+        return self._example_bytes
+
+    # ------------------------------------------------------------------ products
+    def _scale(self, value: Tensor) -> Tensor:
+        return value / self.num_outputs if self.summed else value
+
+    def inner(self, f1: GramBlocks, f2: GramBlocks) -> Tensor:
+        """Kernel block (B1, B2), or (B1, B2, C, C) for entk."""
+        out: Tensor | int = 0
+        if self.per_class:
+            for p1, p2 in zip(f1.grams, f2.grams):
+                out = out + per_class_inner(p1, p2)
+            for d1, d2 in zip(f1.dense, f2.dense):
+                out = out + torch.einsum("icp,jdp->ijcd", d1, d2)
+        else:
+            for p1, p2 in zip(f1.grams, f2.grams):
+                out = out + trace_inner(p1, p2)
+            for d1, d2 in zip(f1.dense, f2.dense):
+                out = out + d1.reshape(len(f1), -1) @ d2.reshape(len(f2), -1).T
+        return self._scale(out)
+
+    def sq_norms(self, f: GramBlocks) -> Tensor:
+        """Diagonal of the (trace) kernel, (B,)."""
+        out: Tensor | int = 0
+        for piece in f.grams:
+            out = out + trace_sq_norms(piece)
+        for d in f.dense:
+            flat = d.reshape(len(f), -1)
+            out = out + torch.linalg.vecdot(flat, flat)
+        return self._scale(out)
