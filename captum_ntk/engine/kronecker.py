@@ -1,0 +1,306 @@
+r"""Kronecker-factored per-layer projection (LoGra-style): ``projection="kronecker"``.
+
+For a Linear (or groups-1 Conv1d/Conv2d) layer with inputs ``a_t`` (``d_in``, a constant 1
+appended when the layer has a bias) at T positions (tokens, conv output pixels) and output
+gradients ``delta^c_t`` (``d_out``), the gradient of logit c with respect to ``[W | b]`` is
+``G^c = sum_t delta^c_t a_t^T``. Its projected feature is
+
+    F^c = P_out G^c P_in^T = sum_t (P_out delta^c_t) (P_in a_t)^T      (k_out x k_in)
+
+with seeded ``P_in`` (k_in x d_in) and ``P_out`` (k_out x d_out) Rademacher matrices scaled by
+``1/sqrt(k_in)`` and ``1/sqrt(k_out)``, i.e. the projection matrix ``P_out (x) P_in`` applied to
+the flattened ``[W | b]`` gradient, computed without forming any per-example gradient. Because
+``P_in`` and ``P_out`` are independent with ``E[P^T P] = I``, ``E <F^c_i, F^c'_j> = <G^c_i,
+G^c'_j>``: unbiased. **It is a different estimator from the paper's proj-trNTK** (Eq. 8 uses a
+K x P matrix with i.i.d. entries): the entries of ``P_out (x) P_in`` are products of shared
+factors, not independent, so the estimate has more variance for the same number of features.
+Report kernels computed with it as the Kronecker variant, not as proj-trNTK.
+
+Parameters of other modules (normalisation layers, grouped convolutions, embeddings, anything the
+per-layer capture cannot verify) take the dense seeded projection of
+:mod:`captum_ntk.engine.projection` over their per-example gradients (from ``torch.func``), or stay
+unprojected when their share of K is at least their number of parameters.
+
+Dimension rule (a function of K and the layer shapes only): the units are the covered layers
+(``p_l = d_out d_in`` parameters) and, if any, the group of remaining parameters. K is split
+equally among the units, each capped at its ``p_l`` (water-filling: what a capped unit does not
+use is shared among the others), giving ``K_l``. A layer then uses
+``k_out ~ sqrt(K_l d_out / d_in)`` (the closer of floor and ceil, within ``1..d_out``) and
+``k_in = min(d_in, K_l // k_out)``: ``k_in k_out <= K_l`` features, with the factors'
+aspect ratio following the layer's. The total feature size ``feature_dim <= K``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .features import FeatureMap
+from .gram import GramFeatures
+from .gram.capture import forward_capture, output_gradients
+from .gram.engine import PLAN_EXAMPLES, restricted_function
+from .gram.layers import AffineRule
+from .inputs import ModelInputs
+from .model import ModelFunction, batch_statistics_modules, stochastic_train_mode_modules
+from .precision import accumulate_product
+from .projection import RandomProjection, projection_block
+
+_LAYER_SALT = 0x9E3779B97F4A7C15
+
+
+def layer_seed(seed: int, index: int, side: int) -> int:
+    """The seed of factor ``side`` (0: P_in, 1: P_out) of covered layer ``index``."""
+    return (int(seed) * _LAYER_SALT + 2 * int(index) + int(side) + 1) & ((1 << 64) - 1)
+
+
+def split_dims(projection_dim: int, sizes: list[int]) -> list[int]:
+    r"""Water-filling split of K among units with ``sizes`` parameters (each capped at its size).
+
+    Args:
+        projection_dim (int): K.
+        sizes (list[int]): parameters per unit.
+
+    Returns:
+        list[int]: K_l per unit, summing to ``min(K, sum(sizes))``.
+    """
+    shares = [0] * len(sizes)
+    left, open_units = int(projection_dim), list(range(len(sizes)))
+    while open_units and left > 0:
+        equal = max(1, left // len(open_units))
+        capped = [i for i in open_units if sizes[i] - shares[i] <= equal]
+        for i in capped or open_units:
+            add = min(equal, sizes[i] - shares[i], left)
+            shares[i] += add
+            left -= add
+        open_units = [i for i in open_units if shares[i] < sizes[i]]
+        if not capped:
+            for i in open_units[:left]:  # the remainder of an uneven split, one each
+                shares[i] += 1
+            left = max(0, left - len(open_units))
+    return shares
+
+
+def factor_dims(target: int, d_in: int, d_out: int) -> tuple[int, int]:
+    """(k_in, k_out) with ``k_in k_out <= target`` and aspect ratio close to ``d_in : d_out``."""
+    ideal = math.sqrt(max(1, target) * d_out / d_in)
+    best = (0, 1, 1)
+    for k_out in {max(1, min(d_out, math.floor(ideal))), max(1, min(d_out, math.ceil(ideal)))}:
+        k_in = max(1, min(d_in, target // k_out))
+        best = max(best, (k_in * k_out, k_in, k_out))
+    return best[1], best[2]
+
+
+def kronecker_factor(k: int, d: int, seed: int, dtype: torch.dtype, device) -> Tensor:
+    """A seeded (k, d) Rademacher factor scaled by ``1/sqrt(k)``."""
+    return projection_block(k, 0, d, "rademacher", seed, dtype, device) / math.sqrt(k)
+
+
+def _project_last(x: Tensor, factor: Tensor, precision: str) -> Tensor:
+    """``x @ factor.T`` over the last dimension (fp32/fp64 accumulation, ``precision`` products)."""
+    flat = x.reshape(-1, x.shape[-1])
+    acc = torch.promote_types(x.dtype, torch.float32)
+    out = torch.zeros(flat.shape[0], factor.shape[0], dtype=acc, device=x.device)
+    accumulate_product(out, flat, factor.T, precision)
+    return out.reshape(*x.shape[:-1], factor.shape[0]).to(x.dtype)
+
+
+class KroneckerLayer:
+    r"""One covered layer: its rule, factors and feature size.
+
+    Args:
+        rule (AffineRule): the Gram engine's rule for the layer (capture of its input).
+        target (int): K_l, the most features (k_in k_out) the layer may use.
+        seed (int): the kernel's seed.
+        index (int): the layer's position among the covered layers.
+        dtype, device: of the factors.
+    """
+
+    def __init__(self, rule: AffineRule, target: int, seed: int, index: int, dtype,
+                 device) -> None:  # fmt: skip
+        self.rule = rule
+        weight = rule.module.weight
+        self.d_out = int(weight.shape[0])
+        self.d_in = int(weight[0].numel()) + int(rule.bias)
+        k_in, k_out = factor_dims(target, self.d_in, self.d_out)
+        self.p_in = kronecker_factor(k_in, self.d_in, layer_seed(seed, index, 0), dtype, device)
+        self.p_out = kronecker_factor(k_out, self.d_out, layer_seed(seed, index, 1), dtype, device)
+
+    @staticmethod
+    def num_params(rule: AffineRule) -> int:
+        """d_out d_in: the layer's selected parameters."""
+        weight = rule.module.weight
+        return int(weight.numel()) + (int(weight.shape[0]) if rule.bias else 0)
+
+    @property
+    def dim(self) -> int:
+        return self.p_in.shape[0] * self.p_out.shape[0]
+
+    def deltas(self, delta: Tensor) -> Tensor:
+        """Output gradients (K, B, *output) as (B, K, T, d_out)."""
+        k, b = delta.shape[:2]
+        if isinstance(self.rule.module, nn.Linear):
+            return delta.reshape(k, b, -1, self.d_out).permute(1, 0, 2, 3)
+        return delta.reshape(k, b, self.d_out, -1).permute(1, 0, 3, 2)
+
+    def features(self, captured: Tensor, delta: Tensor, precision: str) -> Tensor:
+        r"""(B, K, k_out k_in) projected gradients from inputs (B, 1, T, x) and delta."""
+        a = captured[:, 0]
+        if self.rule.bias:
+            a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+        pa = _project_last(a, self.p_in, precision)  # (B, T, k_in)
+        pd = _project_last(self.deltas(delta), self.p_out, precision)  # (B, K, T, k_out)
+        out = torch.einsum("bktq,btr->bkqr", pd, pa)
+        return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+def _kroneckerable(rule) -> bool:
+    module = rule.module
+    return isinstance(rule, AffineRule) and getattr(module, "groups", 1) == 1
+
+
+class KroneckerFeatures(FeatureMap):
+    r"""Kronecker-projected gradients: (B, C, D) for proj_trntk, (B, D) for proj_pntk.
+
+    D = ``feature_dim`` <= K (see the module docstring for the split of K). Inner products
+    of the features are unbiased estimates of the trace NTK (``summed=False``) or of the
+    summed-logit gradient products (``summed=True``, the pNTK without its 1/C, which cosine
+    normalisation removes), by a different estimator from the i.i.d. dense projection.
+
+    Args:
+        function (ModelFunction): the model and its selected parameters.
+        projection_dim (int): K, smaller than P.
+        seed (int): the seed of every factor (and of the dense projection of the rest).
+        summed (bool): gradients of the summed logits (proj_pntk) instead of per logit.
+        precision (str): "fp32", "tf32" or "bf16" for the factor products.
+    """
+
+    def __init__(self, function: ModelFunction, projection_dim: int, seed: int = 0,
+                 summed: bool = False, precision: str = "fp32") -> None:  # fmt: skip
+        super().__init__(function)
+        if int(projection_dim) < 1 or int(projection_dim) >= function.num_params:
+            raise ValueError(
+                f"projection_dim={projection_dim} must be in [1, P) with P={function.num_params} "
+                "parameters: a projection saves nothing otherwise. Use the exact kernel "
+                "('trntk' / 'pntk') or a smaller projection_dim."
+            )
+        self.projection_dim = int(projection_dim)
+        self.seed = int(seed)
+        self.summed = summed
+        self.per_logit = not summed
+        self.what = "gradient" if summed else "Jacobian"
+        self.precision = precision
+        self.layers: list[KroneckerLayer] | None = None
+        self.rest: ModelFunction | None = None
+        self.rest_projection: RandomProjection | None = None
+        #: module name -> why its parameters take the dense projection
+        self.not_covered: dict[str, str] = {}
+        self.feature_dim: int | None = None
+
+    def plan(self, inputs: ModelInputs) -> None:
+        """Chooses the covered layers (verified by the Gram engine's check) and the factors."""
+        function = self.function
+        gram = GramFeatures(function, summed=self.summed)
+        gram.memory_limit = self.memory_limit
+        gram.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+        self.not_covered = dict(gram.not_covered)
+        rules = []
+        for rule in gram.rules or []:
+            if _kroneckerable(rule):
+                rules.append(rule)
+            else:
+                self.not_covered[rule.name] = "not a Linear or groups-1 convolution"
+        covered = {n for rule in rules for n in rule.param_names}
+        rest = [n for n in function.names if n not in covered]
+        sizes = [KroneckerLayer.num_params(rule) for rule in rules]
+        rest_size = sum(function.sizes[function.names.index(n)] for n in rest)
+        dims = split_dims(self.projection_dim, sizes + ([rest_size] if rest else []))
+        dtype, device = function.dtype, function.device
+        self.layers = [
+            KroneckerLayer(rule, max(1, dims[i]), self.seed, i, dtype, device)
+            for i, rule in enumerate(rules)
+        ]
+        self.feature_dim = sum(layer.dim for layer in self.layers)
+        if rest:
+            self.rest = restricted_function(function, rest)
+            k_rest = max(1, dims[-1])
+            if k_rest < rest_size:
+                self.rest_projection = RandomProjection(
+                    rest_size, k_rest, "rademacher", layer_seed(self.seed, len(rules), 0),
+                    device=device, dtype=dtype, cache_bytes=self.memory_limit // 8,
+                    scratch_bytes=self.memory_limit // 16,
+                )  # fmt: skip
+            self.feature_dim += min(k_rest, rest_size)
+
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        if self.layers is None:
+            self.plan(inputs)
+        rows = 1 if self.summed else self.function.num_outputs(inputs)
+        return rows * int(self.feature_dim) * self.itemsize
+
+    def _class_chunk(self, outputs: list[Tensor], count: int) -> int:
+        per_combination = 3 * sum(o.numel() * o.element_size() for o in outputs)
+        return int(max(1, min(count, self.memory_limit // 4 // max(1, per_combination))))
+
+    def __call__(self, inputs: ModelInputs) -> Tensor:
+        if self.layers is None:
+            self.plan(inputs)
+        _check_mode(self.function.model)
+        num = self.function.num_outputs(inputs)
+        combos = torch.ones(1, num) if self.summed else torch.eye(num)
+        feats = [self._layer_features(inputs, combos)]
+        if self.rest is not None:
+            feats.append(self._rest_features(inputs, combos.shape[0]))
+        out = torch.cat(feats, dim=2)
+        return out[:, 0] if self.summed else out
+
+    def _layer_features(self, inputs: ModelInputs, combos: Tensor) -> Tensor:
+        """(B, rows, sum_l k_in k_out) from one captured forward pass and chunked backward."""
+        function = self.function
+        b = inputs.num_examples
+        if not self.layers:
+            return torch.zeros(b, combos.shape[0], 0, dtype=function.dtype, device=function.device)
+        record = forward_capture(function, function.prepare(inputs), [x.rule for x in self.layers])
+        for layer in self.layers:
+            problem = record.problem(layer.rule, b)
+            if problem is not None:
+                raise RuntimeError(
+                    f"Module {layer.rule.name!r} was covered by the Kronecker projection on the "
+                    f"first block but in this block {problem}; use projection='rademacher'."
+                )
+        targets = [record.outputs[x.rule.name][0] for x in self.layers]
+        captured = [record.inputs[x.rule.name][0] for x in self.layers]
+        chunk = self._class_chunk(targets, combos.shape[0])
+        pieces = []
+        for c0 in range(0, combos.shape[0], chunk):
+            deltas = output_gradients(record.logits, targets, combos[c0 : c0 + chunk], chunk)
+            pieces.append(torch.cat([
+                layer.features(a, d, self.precision)
+                for layer, a, d in zip(self.layers, captured, deltas)
+            ], dim=2))  # fmt: skip
+        return torch.cat(pieces, dim=1)
+
+    def _rest_features(self, inputs: ModelInputs, rows: int) -> Tensor:
+        """(B, rows, k_rest): the remaining parameters' gradients, dense-projected."""
+        assert self.rest is not None
+        b = inputs.num_examples
+        if self.summed:
+            parts = self.rest.summed_gradient(inputs)
+        else:
+            parts = [p.reshape(b * rows, -1) for p in self.rest.jacobian(inputs)]
+        if self.rest_projection is not None:
+            flat = self.rest_projection(parts)
+        else:
+            flat = torch.cat(parts, dim=1)
+        return flat.reshape(b, rows, -1)
+
+
+def _check_mode(model: nn.Module) -> None:
+    found = stochastic_train_mode_modules(model) + batch_statistics_modules(model)
+    if found:
+        raise RuntimeError(
+            "The Kronecker projection runs the model on whole blocks, but these modules make the "
+            f"output random or batch-dependent: {', '.join(found[:5])}. Call model.eval() (or "
+            "pass eval_mode=True)."
+        )

@@ -1,0 +1,105 @@
+"""The Kronecker-factored per-layer projection (projection="kronecker")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from models import cnn_inputs, make_cnn, make_mlp, mlp_inputs
+from reference import library_parameters, ref_gradients
+
+from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.kronecker import KroneckerFeatures, factor_dims, split_dims
+from captum_ntk.engine.model import ModelFunction
+from captum_ntk.engine.projection import projection_matrix
+
+#: (weight, bias) of the covered layers of the test CNN, in module order; bn1 is the rest
+CNN_LAYERS = [("conv1.weight", "conv1.bias"), ("fc.weight", "fc.bias")]
+CNN_REST = ["bn1.weight", "bn1.bias"]
+
+
+def _segments(model, grads: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference gradient (N, C, P) cut into per-parameter pieces (N, C, p_i)."""
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    out, start = {}, 0
+    for name in library_parameters(model):
+        out[name] = grads[..., start : start + sizes[name]]
+        start += sizes[name]
+    return out
+
+
+def _explicit_features(fmap: KroneckerFeatures, model, grads: torch.Tensor) -> torch.Tensor:
+    """(P_out kron P_in) applied to each layer's explicit [W | b] gradient, then the rest."""
+    seg = _segments(model, grads)
+    n, c = grads.shape[:2]
+    blocks = []
+    for layer, (w, b) in zip(fmap.layers, CNN_LAYERS):
+        full = torch.cat([seg[w].reshape(n, c, layer.d_out, -1), seg[b][..., None]], dim=-1)
+        matrix = torch.kron(layer.p_out, layer.p_in)  # acts on the row-major [W | b]
+        assert matrix.shape == (layer.dim, full[0, 0].numel())
+        blocks.append(full.reshape(n, c, -1) @ matrix.T)
+    rest = torch.cat([seg[name] for name in CNN_REST], dim=-1)
+    if fmap.rest_projection is not None:
+        k = fmap.rest_projection.projection_dim
+        dense = projection_matrix(rest.shape[-1], k, seed=fmap.rest_projection.seed)
+        rest = rest @ dense.T / math.sqrt(k)
+    blocks.append(rest)
+    return torch.cat(blocks, dim=-1)
+
+
+@pytest.mark.parametrize("k", [40, 8])
+def test_features_equal_explicit_kronecker_matrix_times_gradient(k: int) -> None:
+    model, x = make_cnn(), cnn_inputs(5)
+    fmap = KroneckerFeatures(ModelFunction(model), k, seed=3)
+    feats = fmap(ModelInputs.from_user(x, "x"))
+    assert set(fmap.not_covered) == {"bn1"}
+    assert (fmap.rest_projection is None) == (k == 40)  # K=8: the 6 BN parameters get 2
+    assert feats.shape == (5, 4, fmap.feature_dim) and fmap.feature_dim <= k
+    grads = ref_gradients(model, x, library_parameters(model))
+    explicit = _explicit_features(fmap, model, grads)
+    assert float((feats - explicit).abs().max()) < 1e-12
+    for layer in fmap.layers:  # Rademacher factors scaled to E[P^T P] = I
+        for factor in (layer.p_in, layer.p_out):
+            assert torch.equal(factor.abs() * math.sqrt(factor.shape[0]), torch.ones_like(factor))
+
+
+def test_summed_features_equal_explicit_matrix_times_summed_gradient() -> None:
+    model, x = make_cnn(), cnn_inputs(4)
+    fmap = KroneckerFeatures(ModelFunction(model), 40, seed=1, summed=True)
+    feats = fmap(ModelInputs.from_user(x, "x"))
+    grads = ref_gradients(model, x, library_parameters(model)).sum(1, keepdim=True)
+    explicit = _explicit_features(fmap, model, grads)[:, 0]
+    assert feats.shape == explicit.shape
+    assert float((feats - explicit).abs().max()) < 1e-12
+
+
+def test_trace_kernel_is_unbiased_over_seeds() -> None:
+    model, x = make_mlp(d_in=6, d_hidden=7, d_out=5), mlp_inputs(2)
+    grads = ref_gradients(model, x, library_parameters(model))
+    exact = float(torch.einsum("cp,cp->", grads[0], grads[1]))
+    inputs = ModelInputs.from_user(x, "x")
+    estimates = []
+    for seed in range(300):
+        feats = KroneckerFeatures(ModelFunction(model), 24, seed=seed)(inputs)
+        estimates.append(float(torch.einsum("cd,cd->", feats[0], feats[1])))
+    est = torch.tensor(estimates, dtype=torch.float64)
+    standard_error = float(est.std()) / math.sqrt(len(estimates))
+    assert standard_error > 0
+    assert abs(float(est.mean()) - exact) < 4 * standard_error
+
+
+def test_dimension_rule() -> None:
+    assert split_dims(40, [30, 112, 6]) == [17, 17, 6]  # the capped unit's share is reused
+    assert split_dims(10, [3, 3]) == [3, 3]  # never more than a unit's parameters
+    assert split_dims(1024, [401_920, 262_656, 5_130]) == [342, 341, 341]
+    assert sum(split_dims(7, [100, 100, 100])) == 7
+    assert factor_dims(341, 513, 10) == (170, 2)  # aspect ratio follows d_in : d_out
+    assert factor_dims(17, 28, 4) == (17, 1)
+    assert factor_dims(100, 10, 10) == (10, 10)
+
+
+def test_bad_projection_dim_is_refused() -> None:
+    function = ModelFunction(make_mlp())
+    with pytest.raises(ValueError, match="must be in"):
+        KroneckerFeatures(function, function.num_params)
