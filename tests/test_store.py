@@ -1,0 +1,234 @@
+"""Disk stores: equality with in-memory kernels, refusal of mismatching stores, resume after
+SIGKILL, streaming top-k and the featurize / score subcommands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import captum_ntk as cn
+from captum_ntk.apps.cli import main
+from captum_ntk.engine.streaming import StreamingSource
+from captum_ntk.kernels.matrix import build_feature_map
+from captum_ntk.store import (
+    FeatureStore,
+    StoreMismatchError,
+    featurize,
+    stored_kernel_matrix,
+    streaming_topk,
+    write_kernel,
+)
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import store_worker as worker  # noqa: E402
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+def _options(kernel: str, seed: int = 0) -> dict:
+    return {"kernel": kernel, "projection": "rademacher", "seed": seed, "layers": None}
+
+
+@pytest.mark.parametrize("kernel", ["proj_pntk", "proj_trntk", "ck"])
+def test_stored_kernel_equals_in_memory(tmp_path, kernel):
+    model = _mlp()
+    x = torch.randn(23, 5, dtype=torch.float64)
+    x2 = torch.randn(7, 5, dtype=torch.float64)
+    extra = {"projection_dim": 32, "seed": 0} if kernel.startswith("proj") else {}
+    fmap = build_feature_map(model, kernel, **extra)
+    normalize = cn.KERNELS[kernel].normalized
+    for i, (a, b) in enumerate([(x, None), (x2, x)]):
+        stored = stored_kernel_matrix(
+            fmap,
+            a,
+            b,
+            tmp_path / str(i),
+            block_size=5,
+            options=_options(kernel),
+            normalize=normalize,
+        )
+        reference = cn.kernel_matrix(model, a, b, kernel=kernel, batch_size=5, **extra)
+        torch.testing.assert_close(stored, reference, rtol=1e-12, atol=1e-12)
+    sq = np.load(tmp_path / "0" / "rows" / "sq_norms.npy")
+    assert sq.shape == (23,) and (sq > 0).all()
+
+
+def test_kernel_matrix_store_argument(tmp_path):
+    model = _mlp()
+    x = torch.randn(12, 5, dtype=torch.float64)
+    reference = cn.kernel_matrix(model, x, kernel="proj_pntk", projection_dim=32, batch_size=4)
+    try:
+        stored = cn.kernel_matrix(
+            model, x, kernel="proj_pntk", projection_dim=32, batch_size=4, store=tmp_path
+        )
+    except TypeError:
+        pytest.skip("kernel_matrix has no store= argument yet")
+    torch.testing.assert_close(stored, reference, rtol=1e-12, atol=1e-12)
+    assert (tmp_path / "kernel.npy").exists()
+
+
+def test_mismatching_store_is_refused_naming_fields(tmp_path):
+    model = _mlp()
+    x = torch.randn(10, 5, dtype=torch.float64)
+    fmap = build_feature_map(model, "proj_pntk", projection_dim=32, seed=0)
+    featurize(fmap, StreamingSource(x, 4), tmp_path, _options("proj_pntk"))
+    other = build_feature_map(model, "proj_pntk", projection_dim=16, seed=1)
+    with pytest.raises(StoreMismatchError, match="projection_dim: stored 32, requested 16") as err:
+        featurize(other, StreamingSource(x, 4), tmp_path, _options("proj_pntk", seed=1))
+    assert "seed: stored 0, requested 1" in str(err.value)
+    with pytest.raises(StoreMismatchError, match="block_size: stored 4, requested 5"):
+        featurize(fmap, StreamingSource(x, 5), tmp_path, _options("proj_pntk"))
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-3
+    changed = build_feature_map(model, "proj_pntk", projection_dim=32, seed=0)
+    with pytest.raises(StoreMismatchError, match="model_fingerprint"):
+        featurize(changed, StreamingSource(x, 4), tmp_path, _options("proj_pntk"))
+    with torch.no_grad():
+        model[0].weight[0, 0] -= 1e-3
+    fmap = build_feature_map(model, "proj_pntk", projection_dim=32, seed=0)
+    y = x.clone()
+    y[6, 2] += 1.0
+    with pytest.raises(StoreMismatchError, match="block 1 .*data_fingerprint"):
+        featurize(fmap, StreamingSource(y, 4), tmp_path, _options("proj_pntk"))
+    featurize(fmap, StreamingSource(x, 4), tmp_path, _options("proj_pntk"))  # same: accepted
+
+
+def _run_worker(directory: Path, kill_after: int) -> int:
+    cmd = [sys.executable, str(HERE / "store_worker.py"), "featurize", str(directory)]
+    cmd.append(str(kill_after))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, env=env, timeout=120).returncode
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    assert _run_worker(killed, kill_after=3) == -9
+    markers = sorted(os.listdir(killed / "done"))
+    assert len(markers) == 3  # blocks 0..2 complete, the rest not
+    with pytest.raises(ValueError, match="incomplete"):
+        FeatureStore.load(killed)
+    # a torn block: rows written, marker missing; resuming must overwrite it
+    torn = np.load(killed / "features.npy", mmap_mode="r+")
+    torn[3 * worker.BLOCK : 4 * worker.BLOCK] = 123.0
+    torn.flush()
+    del torn
+    worker.featurize_run(str(killed), None)  # resume in this process
+    worker.featurize_run(str(clean), None)  # an uninterrupted run
+    for name in ("features.npy", "sq_norms.npy"):
+        assert np.array_equal(np.load(killed / name), np.load(clean / name))
+    a, b = FeatureStore.load(killed), FeatureStore.load(clean)
+    assert a.metadata["data_fingerprint"] == b.metadata["data_fingerprint"]
+    k1 = write_kernel(a, None, tmp_path / "k1", normalize=True)
+    k2 = write_kernel(b, None, tmp_path / "k2", normalize=True)
+    assert np.array_equal(k1, k2)
+
+
+def test_streaming_topk_matches_dense_with_deterministic_ties(tmp_path):
+    model = _mlp()
+    gen = torch.Generator().manual_seed(4)
+    train = torch.randn(30, 5, generator=gen, dtype=torch.float64)
+    train[17] = train[3]  # duplicates: exactly tied scores
+    train[25] = train[3]
+    test = torch.cat([train[3:4], torch.randn(8, 5, generator=gen, dtype=torch.float64)])
+    fmap = build_feature_map(model, "proj_pntk", projection_dim=32, seed=0)
+    dense = cn.kernel_matrix(
+        model, test, train, kernel="proj_pntk", projection_dim=32, batch_size=4
+    )
+    for block in (4, 7, 30):
+        stores = [
+            featurize(
+                fmap, StreamingSource(d, block), tmp_path / f"{n}{block}", _options("proj_pntk")
+            )
+            for n, d in (("test", test), ("train", train))
+        ]
+        kernel = torch.from_numpy(
+            np.array(write_kernel(*stores, tmp_path / f"k{block}", normalize=True))
+        )
+        torch.testing.assert_close(kernel, dense, rtol=1e-10, atol=1e-12)
+        for largest in (True, False):
+            scores, indices = streaming_topk(stores[0], stores[1], 5, largest=largest)
+            order = torch.sort(kernel, dim=1, descending=largest, stable=True).indices[:, :5]
+            assert torch.equal(indices, order)
+            assert torch.equal(scores, kernel.gather(1, order))
+        assert indices.shape == (9, 5)
+    scores, top = streaming_topk(stores[0], stores[1], 3)  # one train block: exact duplicates
+    assert scores[0, 0] == scores[0, 1] == scores[0, 2]
+    assert top[0].tolist() == [3, 17, 25]  # tied at the top: lower index first
+
+
+def test_featurize_and_score_subcommands(tmp_path, capsys):
+    spec = str(HERE / "store_worker.py")
+    store = tmp_path / "train"
+    common = ["--model", f"{spec}:make_model", "--no-progress"]
+    argv = [
+        "featurize",
+        *common,
+        "--data",
+        f"{spec}:make_data",
+        "--store",
+        str(store),
+        "--kernel",
+        "proj_pntk",
+        "--projection-dim",
+        "64",
+        "--seed",
+        "3",
+        "--batch-size",
+        "8",
+    ]
+    assert main(argv) == 0
+    assert main(argv) == 0  # a finished store: every block skipped
+    assert "53 examples" in capsys.readouterr().out
+    out = tmp_path / "top.npz"
+    score = ["score", *common, "--data", f"{spec}:make_test_data", "--store", str(store)]
+    assert main([*score, "--k", "4", "--output", str(out)]) == 0
+    assert main([*score, "--output", str(tmp_path / "kernel")]) == 0
+    model = worker.make_model()
+    x_train = worker.make_data().tensors[0]
+    x_test = worker.make_test_data().tensors[0]
+    dense = cn.kernel_matrix(model, x_test, x_train, kernel="proj_pntk", projection_dim=64, seed=3)
+    saved = np.load(out)
+    order = torch.sort(dense, dim=1, descending=True, stable=True).indices[:, :4]
+    assert np.array_equal(saved["indices"], order.numpy())
+    kernel = np.load(tmp_path / "kernel" / "kernel.npy")
+    np.testing.assert_allclose(kernel, dense.numpy(), rtol=1e-12, atol=1e-12)
+    bad = [
+        "featurize",
+        *common,
+        "--data",
+        f"{spec}:make_data",
+        "--store",
+        str(store),
+        "--kernel",
+        "proj_pntk",
+        "--projection-dim",
+        "32",
+        "--seed",
+        "3",
+        "--batch-size",
+        "8",
+    ]
+    assert main(bad) == 2
+    assert "projection_dim: stored 64, requested 32" in capsys.readouterr().err
+
+
+def test_exact_kernel_features_are_refused(tmp_path):
+    fmap = build_feature_map(_mlp(), "trntk")
+    with pytest.raises(ValueError, match="proj_pntk"):
+        featurize(
+            fmap,
+            StreamingSource(torch.randn(4, 5, dtype=torch.float64), 2),
+            tmp_path,
+            _options("trntk"),
+        )
