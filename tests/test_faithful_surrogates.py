@@ -161,6 +161,24 @@ def test_alpha_auto_needs_the_network_for_hard_labels() -> None:
     assert glm.alpha_ in (1e-2, 1e-4)
 
 
+def test_alpha_auto_binary_fit_of_two_present_classes_scores_the_right_class() -> None:
+    """A one-logit kGLM fitted to classes {0, 2} of 3 (class 1 absent) must rank each held-out
+    point's own class: the cross-validation equals that of the same problem relabelled {0, 1}
+    with the network's columns permuted to match (log-softmax is permutation invariant)."""
+    kernel = random_kernel(40, seed=14)
+    generator = torch.Generator().manual_seed(15)
+    logits = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+    logits[:, 1] -= 5.0  # the network rarely predicts class 1
+    y = torch.where(logits[:, 0] > logits[:, 2], 0, 2)
+    options = dict(alpha_grid=(1e-1, 1e-3, 1e-5), cv=3)
+    sparse = KernelGLM(**options).fit(kernel, y, num_classes=3, network_logits=logits)
+    relabelled = KernelGLM(**options).fit(kernel, y // 2, network_logits=logits[:, [0, 2, 1]])
+    np.testing.assert_allclose(
+        sparse.cv_results_["fold_tau"], relabelled.cv_results_["fold_tau"], rtol=0, atol=1e-12
+    )
+    assert sparse.alpha_ == relabelled.alpha_
+
+
 # ------------------------------------------------------------------ alpha_scale
 @pytest.mark.parametrize("loss", ["log_loss", "squared"])
 def test_alpha_scale_auto_makes_the_fit_unit_free(loss: str) -> None:

@@ -104,7 +104,7 @@ class Targets:
 
     @property
     def one_logit(self) -> bool:
-        """The model has a single logit (the log-odds of ``classes[1]``)."""
+        """The model has a single logit (the log-odds of ``present[1]``)."""
         return self.n_out == 1
 
     def subset(self, index: Tensor) -> Targets:

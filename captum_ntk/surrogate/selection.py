@@ -194,9 +194,8 @@ def network_reference(
             "alone do not describe: pass network_logits=(N, C) network logits on the "
             "training points to fit, or a float alpha (the paper tuned 1e-2 .. 1e-4)"
         )
-    if targets.one_logit:
-        correct = (truth == targets.classes[1]).long()
-    else:
-        correct = torch.searchsorted(targets.present, truth).clamp(max=targets.present.numel() - 1)
-        correct[targets.present[correct] != truth] = -1
+    # index among the fitted logits: for one logit, 0/1 = present[0] / present[1] (the logit
+    # is the log-odds of present[1], which is not classes[1] when num_classes adds absent ones)
+    correct = torch.searchsorted(targets.present, truth).clamp(max=targets.present.numel() - 1)
+    correct[targets.present[correct] != truth] = -1
     return reference, correct
