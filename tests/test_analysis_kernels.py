@@ -46,6 +46,27 @@ def test_empirical_ntk_cache_follows_parameter_updates() -> None:
     assert _rel(after, cn.kernel_matrix(model, x1, x2, kernel="trntk0")) < 1e-10
 
 
+def test_empirical_ntk_cache_follows_buffers_and_data_writes() -> None:
+    """BatchNorm statistics (buffers) and writes through ``.data`` change the kernel too."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5), torch.nn.Tanh(), torch.nn.Linear(5, 2)
+    ).double()
+    x1, x2 = models.mlp_inputs(3, seed=1, d_in=3), models.mlp_inputs(4, seed=2, d_in=3)
+    model.eval()
+    ntk = A.EmpiricalNTK(model, "trntk0")
+    before = ntk(x1, x2)
+    model.train()
+    with torch.no_grad():
+        model(3.0 * torch.randn(16, 3, dtype=torch.float64) + 1.0)  # updates running stats
+    model.eval()
+    after = ntk(x1, x2)
+    assert not torch.allclose(before, after)
+    assert _rel(after, ref.ref_kernel(model, x1, x2, kernel="trntk0")) < 1e-10
+    model[3].weight.data.mul_(3.0)  # no version bump
+    assert _rel(ntk(x1, x2), ref.ref_kernel(model, x1, x2, kernel="trntk0")) < 1e-10
+
+
 def test_empirical_ntk_refuses_random_models() -> None:
     model = models.make_dropout_mlp()
     x = models.mlp_inputs(3)

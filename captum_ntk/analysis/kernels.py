@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from ..engine.fingerprint import model_fingerprint
 from ..engine.model import batch_statistics_modules, stochastic_train_mode_modules
 from ..engine.parameters import select_parameters
 from ..kernels import kernel_matrix
@@ -122,8 +123,9 @@ class EmpiricalNTK:
     - ``"pntk0"``: ``(1/C) <sum_c g^c(x1_i), sum_c g^c(x2_j)>``.
 
     The features of the last ``x2`` seen (e.g. the training set of a regressor) are cached while
-    that tensor and the model's parameters are unchanged (in-place versions are compared) and
-    ``x2`` does not require grad.
+    that tensor (in-place version) and the model's parameters and buffers (checksummed
+    :func:`~captum_ntk.engine.fingerprint.model_fingerprint`) are unchanged and ``x2`` does not
+    require grad.
 
     Args:
         model (nn.Module): the model; must be in eval mode if it has BatchNorm or dropout.
@@ -182,8 +184,9 @@ class EmpiricalNTK:
     def _cached_features(self, x: Tensor) -> Tensor:
         if x.requires_grad:
             return self.features(x)
-        # the key changes when x or any parameter is modified in place (optimiser steps)
-        key = (x._version, *((id(p), p._version) for p in self.model.parameters()))
+        # the key changes when x is modified in place or the model's state changes: parameters
+        # or buffers (optimiser steps, BatchNorm statistics, writes through .data, casts)
+        key = (x._version, tuple(x.shape), model_fingerprint(self.model, checksum=True))
         if self._cache is not None and self._cache[0] is x and self._cache[1] == key:
             return self._cache[2]
         feats = self.features(x).detach()
