@@ -125,3 +125,23 @@ def test_transfer_report() -> None:
     assert report.adversarial_network == report.adversarial_kernel
     assert report.adversarial_kernel == A.accuracy(reg(adversarial), labels) < 1.0
     assert set(report.as_dict()) >= {"noise_network", "epsilon"}
+
+
+def test_labels_out_of_range_are_refused() -> None:
+    """A label 2 for a one-output predictor (or C for C outputs) is an error, not a number."""
+    reg, _, x_test, labels = _binary_linear()
+    bad = labels.clone()
+    bad[0] = 2
+    outputs = reg(x_test)
+    for loss in ("bce", "margin"):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+            A.attack_objective(outputs, bad, loss)
+    with pytest.raises(ValueError, match="labels must lie"):
+        A.accuracy(outputs, bad)
+    with pytest.raises(ValueError, match="labels must lie"):
+        A.fgsm(reg, x_test, bad, 0.1)
+    multi, x_multi, labels_multi = _rbf_multiclass()
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        A.accuracy(multi(x_multi), labels_multi - 1)
+    with pytest.raises(ValueError, match="step_size"):
+        A.pgd(reg, x_test, labels, 0.1, step_size=-0.05)

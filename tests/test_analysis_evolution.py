@@ -106,3 +106,16 @@ def test_plot_kernel_evolution() -> None:
     plt.close(fig)
     with pytest.raises(ValueError, match="update"):
         A.plot_kernel_evolution(A.KernelEvolution(torch.zeros(8, 2)))
+
+
+def test_spectral_k_must_be_positive() -> None:
+    """k <= 0 used to slice from the end (lam[:-1]) and return a wrong share silently."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    gram = x @ x.T
+    for k in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="k "):
+            A.spectral_mass(gram, k)
+        with pytest.raises(ValueError, match="k "):
+            A.label_energy(gram, torch.arange(6.0), k)
+    assert A.spectral_mass(gram, 10) == pytest.approx(1.0)

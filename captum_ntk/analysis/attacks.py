@@ -37,6 +37,17 @@ def _binary(outputs: Tensor) -> bool:
     return outputs.dim() == 1 or (outputs.dim() == 2 and outputs.shape[1] == 1)
 
 
+def _check_label_range(outputs: Tensor, labels: Tensor) -> None:
+    """Labels must be 0/1 for one output per example, in [0, C) for (n, C) outputs."""
+    classes = 2 if _binary(outputs) else outputs.shape[-1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        kind = "one output per example (labels 0/1)" if _binary(outputs) else f"{classes} outputs"
+        raise ValueError(
+            f"labels must lie in [0, {classes}) for a predictor with {kind}, got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]."
+        )
+
+
 def attack_objective(
     outputs: Tensor, labels: Tensor, loss: str = "margin", targeted: bool = False
 ) -> Tensor:
@@ -54,6 +65,7 @@ def attack_objective(
     if loss not in _LOSSES:
         raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}.")
     labels = labels.long()
+    _check_label_range(outputs, labels)
     if _binary(outputs):
         z = outputs.reshape(-1)
         if loss == "ce":
@@ -75,7 +87,12 @@ def attack_objective(
 
 
 def accuracy(outputs: Tensor, labels: Tensor) -> float:
-    r"""Share of ``predicted_labels(outputs) == labels`` (outputs (n,) / (n, C))."""
+    r"""Share of ``predicted_labels(outputs) == labels`` (outputs (n,) / (n, C)).
+
+    Raises:
+        ValueError: for labels outside [0, C) (0/1 for one output per example).
+    """
+    _check_label_range(outputs, labels.long())
     return float((predicted_labels(outputs.detach()).cpu() == labels.long().cpu()).double().mean())
 
 
@@ -206,6 +223,8 @@ def pgd(
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}.")
     labels = check_labels(labels, inputs.shape[0])
+    if step_size is not None and not step_size > 0:
+        raise ValueError(f"step_size must be > 0 (or None), got {step_size}.")
     step = 2.5 * epsilon / steps if step_size is None else float(step_size)
     clean = inputs.detach()
     delta = torch.zeros_like(clean)

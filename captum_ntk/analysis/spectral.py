@@ -42,6 +42,14 @@ def kernel_distance(kernel1: Tensor, kernel2: Tensor) -> float:
     return 1.0 - kernel_cosine(kernel1, kernel2)
 
 
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(
+            f"k (number of top eigenvalues / eigenvectors) must be an int >= 1, got {k}."
+        )
+    return int(k)
+
+
 def _eigenvalues(kernel: Tensor) -> Tensor:
     """Descending eigenvalues, negative round-off clamped to 0."""
     gram = _gram(kernel)
@@ -50,6 +58,7 @@ def _eigenvalues(kernel: Tensor) -> Tensor:
 
 def spectral_mass(kernel: Tensor, k: int) -> float:
     r"""Share of the trace in the top-k eigenvalues: ``sum_{i<k} lambda_i / sum_i lambda_i``."""
+    k = _check_k(k)
     lam = _eigenvalues(kernel)
     return float(lam[:k].sum() / lam.sum().clamp_min(1e-300))
 
@@ -96,6 +105,7 @@ def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
 
 def label_energy(kernel: Tensor, targets: Tensor, k: int) -> float:
     r"""Share of the (centred) targets' energy in the span of the top-k eigenvectors of K."""
+    k = _check_k(k)
     gram = _gram(kernel)
     y = _targets(targets, gram.shape[0])
     y = y - y.mean(0, keepdim=True)
