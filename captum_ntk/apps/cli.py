@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-plots", action="store_true", help="skip the figures")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .reproduce.cli import add_reproduce_parser
+
+    add_reproduce_parser(commands)
     return parser
 
 
@@ -186,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         int: the exit status (0 on success).
     """
     args = build_parser().parse_args(argv)
+    if args.command == "reproduce":
+        from .reproduce.cli import run_reproduce_command
+
+        return run_reproduce_command(args)
     if args.command == "demo":
         return _run_demo(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -1,0 +1,153 @@
+r"""The ``reproduce`` subcommand of ``captum-ntk``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["add_reproduce_parser", "run_reproduce_command"]
+
+_DESCRIPTION = """\
+Reproduce a row of Engel et al.'s Table 1 / 2 on your own copy of the data (nothing is
+downloaded): train the paper's network (or load --checkpoint), compute the kernel(s), fit the
+kGLM surrogate and print tau_K, TAD and R_miss (mean ± standard error over --seeds) beside the
+paper's value. Writes report.md, results.json and figures into --out.
+
+--data-root: MNIST / Fashion-MNIST: the folder with train-images-idx3-ubyte[.gz] etc. (or its
+raw/ subfolder); CIFAR-10: cifar-10-batches-py (or its parent); CoLA: the folder with
+train.tsv and dev.tsv.
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _kernels(text: str) -> tuple[str, ...]:
+    from .runner import KERNEL_CHOICES
+
+    names = tuple(k.strip().lower().replace("-", "_") for k in text.split(",") if k.strip())
+    unknown = [k for k in names if k not in KERNEL_CHOICES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown kernel(s) {unknown or text!r}; choose from {', '.join(KERNEL_CHOICES)}"
+        )
+    return names
+
+
+def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    r"""Adds ``reproduce`` to the subcommands of ``captum-ntk``.
+
+    Args:
+        commands: the ``add_subparsers`` object of the main parser.
+
+    Returns:
+        argparse.ArgumentParser: the subcommand's parser.
+    """
+    from .rows import ROWS
+
+    parser = commands.add_parser(
+        "reproduce",
+        help="reproduce a row of the paper's tables on your own data files",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("row", metavar="ROW", choices=sorted(ROWS), help=", ".join(ROWS))
+    parser.add_argument("--data-root", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--seeds",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="networks trained with seeds 0..N-1 (default: 1)",
+    )
+    parser.add_argument(
+        "--kernels",
+        type=_kernels,
+        default=None,
+        metavar="LIST",
+        help="comma-separated kernels (default: the row's)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--n-train", type=_positive, default=None, metavar="N")
+    parser.add_argument("--n-test", type=_positive, default=None, metavar="N")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="state_dict to load instead of training ({seed} is replaced)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: reproduce_output/ROW)",
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="kernel store folder (reserved until kernel_matrix has store=)",
+    )
+    parser.add_argument("--epochs", type=_positive, default=None, help="override the epochs")
+    parser.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    parser.add_argument("--alpha", type=float, default=None, help="kGLM L2 (default: 1e-4)")
+    parser.add_argument("--projection-dim", type=_positive, default=10240, metavar="K")
+    parser.add_argument(
+        "--model-path",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="local Hugging Face folder for bert-cola (default: MiniLM)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_reproduce_command(args: argparse.Namespace) -> int:
+    r"""Runs ``captum-ntk reproduce`` from parsed arguments; returns the exit status."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import torch
+
+    from .rows import PAPER_ALPHA
+    from .runner import ReproduceConfig, run_reproduce
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    config = ReproduceConfig(
+        row=args.row,
+        data_root=args.data_root,
+        seeds=args.seeds,
+        kernels=args.kernels,
+        device=args.device,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        store=args.store,
+        epochs=args.epochs,
+        lr=args.lr,
+        alpha=PAPER_ALPHA if args.alpha is None else args.alpha,
+        projection_dim=args.projection_dim,
+        model_path=args.model_path,
+        plots=not args.no_plots,
+        show_progress=not args.no_progress,
+        estimate=not args.no_estimate,
+    )
+    try:
+        run_reproduce(config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"captum-ntk reproduce: error: {error}", file=sys.stderr)
+        return 2
+    return 0

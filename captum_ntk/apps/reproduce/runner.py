@@ -1,0 +1,284 @@
+r"""``captum-ntk reproduce ROW``: train (or load) the paper's network, fit kGLMs, compare.
+
+::
+
+    config = ReproduceConfig("mlp-mnist2", data_root=Path("~/data/MNIST"), seeds=3)
+    results = run_reproduce(config)   # writes report.md, results.json and figures
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ...engine.parameters import num_parameters
+from .data import RowData, load_row_data
+from .estimate import estimate_seconds, format_duration
+from .evaluate import PROJECTED, KernelResult, evaluate_kernel, store_supported
+from .report import aggregate, format_summary, write_outputs
+from .rows import PAPER_ALPHA, RowSpec, get_row
+from .training import train_model
+
+__all__ = ["ReproduceConfig", "run_reproduce"]
+
+KERNEL_CHOICES = ("trntk", "trntk0", "pntk", "pntk0", "proj_trntk", "proj_pntk", "ck", "embedding")
+#: An estimated CPU time above this is announced with a suggestion.
+HEAVY_SECONDS = 600.0
+
+
+@dataclass
+class ReproduceConfig:
+    r"""Settings of :func:`run_reproduce` (the ``reproduce`` subcommand's options).
+
+    Args:
+        row (str): the row name (see :data:`~captum_ntk.apps.reproduce.rows.ROWS`).
+        data_root (Path): folder with the data set's distributed files.
+        seeds (int): networks trained with seeds 0..seeds-1. Default: 1.
+        kernels (tuple of str, optional): kernels; default: the row's.
+        device (str): ``"cpu"`` or ``"cuda"``. Default: ``"cpu"``.
+        n_train / n_test (int, optional): subset sizes; default: the paper's.
+        checkpoint (Path, optional): a state_dict to load instead of training; ``{seed}`` in
+                the path is replaced by the seed.
+        out (Path, optional): output folder. Default: ``reproduce_output/<row>``.
+        store (Path, optional): kernel store folder (used where ``kernel_matrix`` supports it).
+        epochs (int, optional) / lr (float, optional): override the row's training recipe.
+        alpha (float): kGLM L2 strength. Default: 1e-4 (the authors' scripts).
+        projection_dim (int): K of proj_trntk / proj_pntk. Default: 10240 (the paper's).
+        batch_size (int): examples per kernel block. Default: 64.
+        model_path (Path, optional): local Hugging Face folder of the text rows.
+        plots (bool): write figures. show_progress (bool): tqdm bars. estimate (bool): time a
+                few examples first and announce the expected duration.
+    """
+
+    row: str
+    data_root: Path
+    seeds: int = 1
+    kernels: tuple[str, ...] | None = None
+    device: str = "cpu"
+    n_train: int | None = None
+    n_test: int | None = None
+    checkpoint: Path | None = None
+    out: Path | None = None
+    store: Path | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    alpha: float = PAPER_ALPHA
+    projection_dim: int = 10240
+    batch_size: int = 64
+    model_path: Path | None = None
+    plots: bool = True
+    show_progress: bool = True
+    estimate: bool = True
+
+
+def _network(spec: RowSpec, config: ReproduceConfig, seed: int) -> tuple[nn.Module, Any]:
+    if spec.build is not None:
+        return spec.build(seed), None
+    from ...integrations.huggingface import load_sequence_classifier, minilm_path
+
+    path = config.model_path or minilm_path()
+    model, tokenizer = load_sequence_classifier(path, num_labels=2, seed=seed)
+    return model, tokenizer
+
+
+def _notes(spec: RowSpec, config: ReproduceConfig, data: RowData) -> list[str]:
+    notes = list(spec.notes)
+    if config.epochs is not None or config.lr is not None:
+        notes.append(
+            f"training recipe overridden: epochs {config.epochs or spec.train.epochs}, lr "
+            f"{config.lr or spec.train.lr} (the row's: {spec.train.epochs}, {spec.train.lr})"
+        )
+    if config.n_train is not None or config.n_test is not None:
+        notes.append(
+            f"subset: {len(data.y_train)} training / {len(data.y_test)} test examples "
+            "(--n-train / --n-test), not the paper's sizes"
+        )
+    if config.checkpoint is not None:
+        notes.append(f"network loaded from {config.checkpoint} (not trained here)")
+    if config.store is not None and not store_supported():
+        notes.append(
+            "--store is reserved: this version's kernel_matrix has no store= argument yet, so "
+            "kernels are kept in memory"
+        )
+    notes.append(
+        f"kGLM: captum_ntk KernelGLM, alpha {config.alpha:g} (scaled by mean(diag K)^2 for "
+        "unnormalised kernels), class_weight balanced, fitted to the training labels"
+    )
+    return notes
+
+
+def _trained(
+    spec: RowSpec, config: ReproduceConfig, data: RowData, seed: int
+) -> tuple[nn.Module, float]:
+    model, _ = _network(spec, config, seed)
+    start = time.perf_counter()
+    if config.checkpoint is not None:
+        path = Path(str(config.checkpoint).replace("{seed}", str(seed)))
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist.")
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+    else:
+        settings = replace(
+            spec.train,
+            epochs=config.epochs if config.epochs is not None else spec.train.epochs,
+            lr=config.lr if config.lr is not None else spec.train.lr,
+        )
+        train_model(
+            model,
+            data.x_train,
+            data.y_train,
+            settings,
+            seed=seed,
+            device=config.device,
+            show_progress=config.show_progress,
+        )
+    return model.to(config.device).eval(), time.perf_counter() - start
+
+
+def _predictions(model: nn.Module, data: RowData, device: str) -> torch.Tensor:
+    with torch.no_grad():
+        if data.is_text:
+            out = model(**{k: v.to(device) for k, v in data.x_test.items()}).logits
+        else:
+            out = torch.cat([model(x.to(device)) for x in data.x_test.split(256)])
+    out = out.cpu()
+    return (out.reshape(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(dim=1)
+
+
+def _announce(spec: RowSpec, config: ReproduceConfig, data: RowData, log: Callable) -> dict:
+    probe, _ = _network(spec, config, 10_000)
+    settings = replace(spec.train, epochs=config.epochs or spec.train.epochs)
+    guess = estimate_seconds(probe, data, settings, config.device)
+    n_kernels = len(config.kernels or spec.kernels)
+    total = config.seeds * (guess["train"] + n_kernels * guess["kernel"])
+    line = (
+        f"[{spec.name}] estimated time on {config.device}: ~{format_duration(total)} "
+        f"(training {format_duration(guess['train'])} and exact trNTK "
+        f"{format_duration(guess['kernel'])} per seed, from timing a few examples)"
+    )
+    log(line)
+    if total > HEAVY_SECONDS and config.device == "cpu":
+        log(
+            f"[{spec.name}] this is heavy for a CPU: use --device cuda, or a subset such as "
+            "--n-train 1000 --n-test 500 (and fewer --seeds)."
+        )
+    return {**guess, "total_all_seeds": total}
+
+
+def _seed_run(
+    spec, config, data, seed, kernels, out, log
+) -> tuple[list[dict], list[str], list[str]]:
+    model, train_seconds = _trained(spec, config, data, seed)
+    pred = _predictions(model, data, config.device)
+    chance = float(torch.bincount(data.y_test).max()) / len(data.y_test)
+    accuracy = float((pred == data.y_test).double().mean())
+    if accuracy <= chance + 0.05:
+        log(
+            f"[{spec.name}] warning: seed {seed} network test accuracy {accuracy:.3f} is near "
+            f"chance ({chance:.3f}): it did not train; try more --epochs or another --lr."
+        )
+    rows, figures, text_lines = [], [], []
+    for kernel in tqdm(
+        kernels, desc=f"seed {seed} kernels", disable=not config.show_progress, leave=False
+    ):
+        result: KernelResult = evaluate_kernel(
+            kernel,
+            model,
+            data,
+            alpha=config.alpha,
+            seed=seed,
+            device=config.device,
+            batch_size=config.batch_size,
+            projection_dim=_projection_dim(config, model),
+            store=None if config.store is None else config.store / f"seed{seed}" / kernel,
+            show_progress=config.show_progress,
+        )
+        row = {
+            "seed": seed,
+            "train_seconds": train_seconds,
+            "num_parameters": num_parameters(model),
+            **result.row,
+        }
+        rows.append(row)
+        log(
+            f"[{spec.name}] seed {seed} {kernel:<10} tau_K {row['tau']:.3f}  TAD "
+            f"{row['tad']:+.3f}  acc NN {row['acc_nn']:.3f}  ({row['seconds']:.1f} s)"
+        )
+        if seed == 0 and kernel == kernels[0] and config.plots:
+            from .figures import row_figures, text_exemplars
+
+            figures = row_figures(spec.name, result, data, pred, spec.class_names, out)
+            if data.is_text:
+                text_lines = text_exemplars(result, data, pred)
+    return rows, figures, text_lines
+
+
+def _projection_dim(config: ReproduceConfig, model: nn.Module) -> int:
+    from ..demo import choose_projection_dim
+
+    return choose_projection_dim(config.projection_dim, num_parameters(model))
+
+
+def run_reproduce(config: ReproduceConfig, log: Callable[[str], None] | None = None) -> dict:
+    r"""Runs one row and writes ``report.md``, ``results.json`` and figures.
+
+    Args:
+        config (ReproduceConfig): the settings.
+        log (Callable, optional): where progress lines go. Default: ``tqdm.write``.
+
+    Returns:
+        dict: the content of ``results.json`` (``summary``: per kernel mean and standard error
+        over seeds beside the paper's value; ``rows``: per seed and kernel; ``notes``; ...).
+    """
+    log = log or tqdm.write
+    spec = get_row(config.row)
+    kernels = tuple(config.kernels or spec.kernels)
+    unknown = [k for k in kernels if k not in KERNEL_CHOICES]
+    if unknown or config.seeds < 1:
+        raise ValueError(
+            f"unknown kernel(s) {unknown} (choose from {KERNEL_CHOICES}) or seeds < 1."
+        )
+    out = Path(config.out or Path("reproduce_output") / spec.name)
+    start = time.perf_counter()
+    tokenizer = _network(spec, config, 0)[1] if spec.build is None else None
+    data = load_row_data(spec, config.data_root, config.n_train, config.n_test, tokenizer)
+    notes = _notes(spec, config, data)
+    for note in notes:
+        log(f"[{spec.name}] note: {note}")
+    estimate = _announce(spec, config, data, log) if config.estimate else None
+    rows, figures, text_lines = [], [], []
+    for seed in tqdm(
+        range(config.seeds), desc=f"{spec.name} seeds", disable=not config.show_progress
+    ):
+        seed_rows, seed_figures, seed_text = _seed_run(spec, config, data, seed, kernels, out, log)
+        rows += seed_rows
+        figures, text_lines = figures or seed_figures, text_lines or seed_text
+    summary = aggregate(rows, spec.paper)
+    results = {
+        "row": spec.name,
+        "title": spec.title,
+        "summary": summary,
+        "rows": rows,
+        "notes": notes,
+        "figures": figures,
+        "estimate_seconds": estimate,
+        "n_train": len(data.y_train),
+        "n_test": len(data.y_test),
+        "config": {**asdict(config), "kernels": list(kernels)},
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "projected_kernels_k": {k: config.projection_dim for k in kernels if k in PROJECTED},
+        "total_seconds": time.perf_counter() - start,
+    }
+    write_outputs(results, out, text_lines)
+    log("")
+    log(format_summary(spec.title, summary))
+    log(f"\nWrote {out / 'report.md'} and results.json.")
+    return results
