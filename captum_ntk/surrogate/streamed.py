@@ -63,7 +63,7 @@ class _RowBlocks:
     def __iter__(self):
         for start in range(0, self.n, self.block_rows):
             stop = min(start + self.block_rows, self.n)
-            rows = torch.from_numpy(np.ascontiguousarray(self.kernel[start:stop]))
+            rows = torch.from_numpy(np.array(self.kernel[start:stop]))
             if not bool(torch.isfinite(rows).all()):
                 raise ValueError(f"kernel rows {start}:{stop} contain NaN or infinite values.")
             yield start, stop, rows.to(self.device)

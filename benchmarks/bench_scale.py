@@ -1,0 +1,147 @@
+"""End-to-end scale benchmark: streamed featurization into a disk store, train kernel on disk,
+streaming top-k and the streamed kGLM fit, with time and peak memory.
+
+::
+
+    # GPU (meant for an H100/A100): ResNet-18, CIFAR-shaped synthetic inputs, proj-pNTK K=10240
+    python benchmarks/bench_scale.py resnet --n-train 50000 --device cuda --store /scratch/s
+    # the same at small N on the CPU, to check it runs
+    python benchmarks/bench_scale.py resnet --n-train 256 --n-test 32 --device cpu --store /tmp/r
+    # CPU: MLP proj-pNTK at N = 20,000 (peak resident memory from resource.getrusage)
+    python benchmarks/bench_scale.py mlp --n-train 20000 --projection-dim 1024 --store /tmp/mlp
+
+Inputs are generated per index from a seed (the dataset is never held whole). Prints one line
+per stage: seconds, peak resident memory (ru_maxrss) and, on CUDA, peak allocated GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from captum_ntk.engine.streaming import StreamingSource
+from captum_ntk.kernels.matrix import build_feature_map
+from captum_ntk.store import featurize, streaming_topk, write_kernel
+from captum_ntk.surrogate.streamed import fit_streamed
+
+
+class SyntheticImages(Dataset):
+    """Example ``i`` is drawn from a generator seeded with ``seed + i``: (x, label)."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], classes: int, seed: int) -> None:
+        self.n, self.shape, self.classes, self.seed = n, shape, classes, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        gen = torch.Generator().manual_seed(self.seed + i)
+        x = torch.randn(self.shape, generator=gen)
+        return x, int(torch.randint(0, self.classes, (1,), generator=gen))
+
+
+def _peak() -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    text = f"peak RSS {rss:.2f} GiB"
+    if torch.cuda.is_available():
+        text += f", peak GPU {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return text
+
+
+def _stage(name: str, start: float, extra: str = "") -> None:
+    print(f"{name:<28s} {time.perf_counter() - start:9.1f} s   {_peak()} {extra}", flush=True)
+
+
+def _model(kind: str, device: str) -> tuple[nn.Module, tuple[int, ...]]:
+    torch.manual_seed(0)
+    if kind == "resnet":
+        from captum_ntk.apps.reproduce.paper_models import resnet18_cifar
+
+        return resnet18_cifar(10, seed=0).eval().to(device), (3, 32, 32)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))  # digits-shaped
+    return model.to(device), (64,)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Featurize train and test, write the train kernel, top-k and the streamed kGLM."""
+    model, shape = _model(args.model, args.device)
+    store = Path(args.store)
+    if args.fresh and store.exists():
+        shutil.rmtree(store)
+    fmap = build_feature_map(
+        model, "proj_pntk", projection_dim=args.projection_dim, seed=0, device=args.device
+    )
+    print(
+        f"{args.model}: P = {fmap.function.num_params:,}, K = {fmap.projection.projection_dim},"
+        f" N_train = {args.n_train:,}, N_test = {args.n_test:,}, block {args.block}"
+    )
+    options = {"kernel": "proj_pntk", "projection": "rademacher", "seed": 0, "layers": None}
+    train_data = SyntheticImages(args.n_train, shape, 10, seed=0)
+    test_data = SyntheticImages(args.n_test, shape, 10, seed=10**9)
+    start = time.perf_counter()
+    train = featurize(
+        fmap, StreamingSource(train_data, args.block), store / "train", options, show_progress=True
+    )
+    _stage("featurize train", start, f"({args.n_train / (time.perf_counter() - start):.0f} ex/s)")
+    start = time.perf_counter()
+    test = featurize(fmap, StreamingSource(test_data, args.block), store / "test", options)
+    _stage("featurize test", start)
+    start = time.perf_counter()
+    streaming_topk(test, train, 10, device=args.device)
+    _stage("top-10 test x train", start)
+    if args.skip_kernel:
+        return
+    start = time.perf_counter()
+    kernel = write_kernel(
+        train, None, store / "kernel", normalize=True, device=args.device, show_progress=True
+    )
+    _stage("train kernel to disk", start, f"({kernel.nbytes / 2**30:.2f} GiB)")
+    labels = torch.tensor([train_data[i][1] for i in range(args.n_train)])
+    start = time.perf_counter()
+    glm = fit_streamed(
+        kernel,
+        labels,
+        alpha=1e-3,
+        max_iter=args.kglm_iter,
+        block_rows=args.kglm_block,
+        device=args.device,
+        show_progress=True,
+    )
+    elapsed = time.perf_counter() - start
+    _stage(
+        "streamed kGLM",
+        start,
+        f"({glm.n_iter_} L-BFGS iterations, {elapsed / max(glm.n_iter_, 1):.1f} s/iteration)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", choices=("resnet", "mlp"))
+    parser.add_argument("--n-train", type=int, default=50_000)
+    parser.add_argument("--n-test", type=int, default=1_000)
+    parser.add_argument("--projection-dim", type=int, default=None, help="default: 10240 cap")
+    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--store", default="bench_scale_store")
+    parser.add_argument("--fresh", action="store_true", help="delete the store first")
+    parser.add_argument("--skip-kernel", action="store_true", help="no N x N kernel / kGLM")
+    parser.add_argument("--kglm-iter", type=int, default=1000, help="L-BFGS iterations cap")
+    parser.add_argument("--kglm-block", type=int, default=2048, help="kernel rows per block")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    np.random.seed(0)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
