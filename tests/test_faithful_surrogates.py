@@ -179,6 +179,39 @@ def test_alpha_auto_binary_fit_of_two_present_classes_scores_the_right_class() -
     assert sparse.alpha_ == relabelled.alpha_
 
 
+def test_alpha_auto_sklearn_scores_its_one_vs_rest_probabilities() -> None:
+    """With the sklearn backend, held-out tau ranks SGDClassifier's own predict_proba."""
+    from sklearn.linear_model import SGDClassifier
+
+    kernel = random_kernel(36, seed=16)
+    generator = torch.Generator().manual_seed(17)
+    logits = (kernel @ torch.randn(36, 3, generator=generator, dtype=torch.float64)) / 6.0
+    y = logits.argmax(dim=1)
+    grid = (1e-1, 1e-3)
+    glm = KernelGLM(backend="sklearn", alpha_grid=grid, alpha_scale=None, cv=2)
+    glm.fit(kernel, y, network_logits=logits)
+    folds = stratified_folds(y, 2, seed=0)
+    network_log_p = torch.log_softmax(logits, dim=1)
+    for g, alpha in enumerate(grid):
+        for f, held in enumerate(folds):
+            train = torch.tensor(sorted(set(range(36)) - set(held.tolist())))
+            classifier = SGDClassifier(
+                loss="log_loss",
+                penalty="l2",
+                alpha=alpha,
+                class_weight="balanced",
+                max_iter=1000,
+                tol=1e-3,
+                random_state=0,
+            ).fit(kernel[train][:, train].numpy(), y[train].numpy())
+            proba = classifier.predict_proba(kernel[held][:, train].numpy())
+            rows = np.arange(len(held))
+            tau = stats.kendalltau(
+                network_log_p[held, y[held]].numpy(), np.log(proba[rows, y[held].numpy()])
+            ).statistic
+            assert glm.cv_results_["fold_tau"][g, f] == pytest.approx(tau, abs=1e-9)
+
+
 # ------------------------------------------------------------------ alpha_scale
 @pytest.mark.parametrize("loss", ["log_loss", "squared"])
 def test_alpha_scale_auto_makes_the_fit_unit_free(loss: str) -> None:

@@ -330,7 +330,14 @@ class KernelGLM(BaseEstimator):
         total = len(folds) * len(grid)
         with tqdm(total=total, desc="alpha='auto'", disable=not self.show_progress) as bar:
             alpha, results = cross_validate_alpha(
-                kernel, fit_fold, reference, correct, folds, grid, bar.update
+                kernel,
+                fit_fold,
+                reference,
+                correct,
+                folds,
+                grid,
+                bar.update,
+                ovr=self.backend == "sklearn",
             )
         self.cv_results_ = results
         return alpha

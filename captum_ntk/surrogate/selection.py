@@ -31,15 +31,19 @@ DEFAULT_ALPHA_GRID: dict[str, tuple[float, ...]] = {
 }
 
 
-def correct_class_log_proba(logits: Tensor, index: Tensor) -> Tensor:
+def correct_class_log_proba(logits: Tensor, index: Tensor, ovr: bool = False) -> Tensor:
     r"""Float64 log-probability of class ``index[i]`` under logits ``logits[i]``.
 
     Args:
         logits (Tensor): ``(n,)`` one logit (the log-odds of class 1) or ``(n, C)`` logits.
         index (Tensor): ``(n,)`` class indices (0/1 for one logit, ``[0, C)`` otherwise).
+        ovr (bool): ``(n, C)`` logits are one-vs-rest scores, whose probabilities are
+                    scikit-learn's ``sigmoid(s_c) / sum_k sigmoid(s_k)`` (the sklearn
+                    backend) instead of a softmax. Default: False.
 
     Returns:
-        Tensor: ``(n,)`` float64 ``log_softmax(logits)[i, index[i]]`` (``logsigmoid(+-s)``).
+        Tensor: ``(n,)`` float64 ``log_softmax(logits)[i, index[i]]`` (``logsigmoid(+-s)``;
+        the normalised log-sigmoid with ``ovr``).
     """
     logits = logits.detach().to(torch.float64)
     index = index.to(logits.device)
@@ -47,7 +51,12 @@ def correct_class_log_proba(logits: Tensor, index: Tensor) -> Tensor:
         logits = logits[:, 0]
     if logits.dim() == 1:
         return F.logsigmoid(torch.where(index == 1, logits, -logits))
-    return torch.log_softmax(logits, dim=1).gather(1, index[:, None].long())[:, 0]
+    if ovr:
+        scores = F.logsigmoid(logits)
+        log_p = scores - torch.logsumexp(scores, dim=1, keepdim=True)
+    else:
+        log_p = torch.log_softmax(logits, dim=1)
+    return log_p.gather(1, index[:, None].long())[:, 0]
 
 
 def stratified_folds(group: Tensor, n_folds: int, seed: int) -> list[Tensor]:
@@ -88,6 +97,7 @@ def cross_validate_alpha(
     folds: Sequence[Tensor],
     alphas: Sequence[float],
     progress: Callable[[int], None] | None = None,
+    ovr: bool = False,
 ) -> tuple[float, dict[str, np.ndarray]]:
     r"""k-fold choice of ``alpha`` by held-out Kendall tau with the network.
 
@@ -102,6 +112,8 @@ def cross_validate_alpha(
         folds (sequence of Tensor): held-out index sets.
         alphas (sequence of float): the grid, tried in the given order.
         progress (Callable, optional): called with 1 after each fit.
+        ovr (bool): the kGLM's probabilities are one-vs-rest (sklearn backend, see
+                    :func:`correct_class_log_proba`). Default: False.
 
     Returns:
         tuple: the chosen alpha and ``cv_results`` with ``"alphas"`` ``(G,)``, ``"mean_tau"``
@@ -118,7 +130,7 @@ def cross_validate_alpha(
         for g, alpha in enumerate(alphas):
             coef, intercept = fit(train, float(alpha))
             logits = block.to(coef.device, torch.float64) @ coef.T.double() + intercept.double()
-            log_p = correct_class_log_proba(logits, correct[scored])
+            log_p = correct_class_log_proba(logits, correct[scored], ovr)
             taus[g, f] = kendall_tau_or_nan(reference[scored], log_p.cpu())
             if progress is not None:
                 progress(1)
