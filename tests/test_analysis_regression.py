@@ -167,3 +167,17 @@ def test_regressor_on_a_model_kernel_predicts_but_cannot_be_attacked() -> None:
     assert not reg.differentiable and exact.differentiable
     with pytest.raises(RuntimeError, match="not differentiable"):
         A.fgsm(reg, x_test, torch.tensor([0, 1, 0]), 0.1)
+
+
+def test_model_kernel_regressor_refuses_a_changed_model() -> None:
+    """A Gram of one state and test kernels of another would silently mix two models."""
+    model = models.make_mlp(seed=0)
+    x, x_test = models.mlp_inputs(6, seed=1), models.mlp_inputs(3, seed=2)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    for kernel in (A.EmpiricalNTK(model, "trntk0"), A.ModelKernel(model, "trntk0")):
+        reg = A.KernelRegressor(kernel, x, A.one_hot_targets(labels), ridge=1e-3)
+        torch.testing.assert_close(reg.predict(x_test), reg.predict(x_test))  # unchanged: fine
+        with torch.no_grad():
+            model.fc1.weight.mul_(1.5)
+        with pytest.raises(ValueError, match="model changed"):
+            reg.predict(x_test)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..engine.fingerprint import model_fingerprint
 from ._validation import as_matrix
 
 __all__ = ["GradientFlow", "KernelRegressor", "LabelSpectrum"]
@@ -78,6 +79,11 @@ class KernelRegressor:
         rcond (float, optional): at ``ridge + lambda_k <= rcond * lambda_max`` a mode is
                 dropped (pseudo-inverse). Default: N x the machine epsilon of the kernel's dtype.
 
+    A kernel of a model (:class:`~captum_ntk.analysis.EmpiricalNTK`,
+    :class:`~captum_ntk.analysis.ModelKernel`: a ``model`` attribute) is taken at the model's
+    parameters when the regressor is built; test kernels of a later state would be mixed with
+    that Gram, so :meth:`test_kernel` raises once the model's parameters or buffers change.
+
     Attributes:
         train_kernel (Tensor): (N, N) float64 training Gram.
         eigenvalues (Tensor): (N,) float64, descending. eigenvectors (Tensor): (N, N) columns.
@@ -101,6 +107,7 @@ class KernelRegressor:
         if self.kernel is not None and X is None:
             raise ValueError("A callable kernel needs the training inputs X.")
         self.X = None if X is None else X.detach()
+        self._model_state = self._fingerprint()
         with torch.no_grad():
             gram = kernel if isinstance(kernel, Tensor) else kernel(self.X, self.X)
         self._check_gram(gram, Y)
@@ -127,6 +134,12 @@ class KernelRegressor:
         if not bool(torch.isfinite(gram).all()):
             raise ValueError("The training kernel has NaN or infinite entries.")
 
+    def _fingerprint(self) -> str | None:
+        model = getattr(self.kernel, "model", None)
+        return (
+            model_fingerprint(model, checksum=True) if isinstance(model, torch.nn.Module) else None
+        )
+
     @property
     def differentiable(self) -> bool:
         """Whether predictions carry gradients to the inputs x."""
@@ -152,6 +165,12 @@ class KernelRegressor:
             raise ValueError(
                 "This regressor was built from a precomputed Gram: pass test kernels K(x, X) "
                 "to predict_from_kernel instead."
+            )
+        if self._fingerprint() != self._model_state:
+            raise ValueError(
+                "The kernel's model changed (parameters or buffers) since this regressor was "
+                "built: its training Gram belongs to the old state. Build a new KernelRegressor "
+                "for the current model."
             )
         return self.kernel(x, self.X.to(x.device))
 
