@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ._validation import ArrayLike, Targets, as_kernel, as_labels, parse_targets
-from .objectives import fit_log_loss, fit_squared, kernel_scale, sample_weight
+from .objectives import SquaredSystem, fit_log_loss, fit_squared, kernel_scale, sample_weight
 from .selection import (
     DEFAULT_ALPHA_GRID,
     cross_validate_alpha,
@@ -320,11 +320,19 @@ class KernelGLM(BaseEstimator):
         folds = stratified_folds(targets.group, int(self.cv), int(self.random_state or 0))
         grid = self._grid()
 
+        cached: list[tuple[Tensor, SquaredSystem]] = []  # the current fold's normal equations
+
         def fit_fold(train: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
             sub = kernel[train.to(kernel.device)][:, train.to(kernel.device)]
-            coef, intercept, _ = self._solve(
-                sub, targets.subset(train), weight[train], alpha * scale**2
-            )
+            penalty = alpha * scale**2
+            if targets.kind == "real":  # squared loss: build once per fold, solve per alpha
+                if not cached or not torch.equal(cached[0][0], train):
+                    device = torch.device(self.device) if self.device is not None else sub.device
+                    system = SquaredSystem(sub, targets.subset(train), weight[train], device=device)
+                    cached[:] = [(train, system)]
+                coef, intercept, _ = cached[0][1].solve(penalty)
+                return coef, intercept
+            coef, intercept, _ = self._solve(sub, targets.subset(train), weight[train], penalty)
             return coef, intercept
 
         total = len(folds) * len(grid)

@@ -151,16 +151,58 @@ def _lbfgs(
     return coef.detach() / scale, intercept.detach(), n_iter
 
 
-def fit_squared(
-    kernel: Tensor, targets: Targets, weight: Tensor, alpha: float, *, device: torch.device
-) -> tuple[Tensor, Tensor, int]:
-    r"""Squared-loss kGLM (ridge regression on kernel rows), solved exactly in float64.
+class SquaredSystem:
+    r"""The normal equations of the squared-loss kGLM, built once and solved for many ``alpha``.
 
     With :math:`D = \mathrm{diag}(s_i / N)`, weighted column means :math:`\mu` and target mean
     :math:`\bar z`, the minimiser is
     :math:`W^\top = (K_c^\top D K_c + \alpha I)^{-1} K_c^\top D (Z - \bar z)`,
     :math:`b = \bar z - W\mu` with :math:`K_c = K - 1\mu^\top`. ``alpha = 0`` gives the
-    minimum-norm least-squares solution.
+    minimum-norm least-squares solution. Building the system costs O(N^3); each
+    :meth:`solve` another O(N^3 / 3), so a grid of alphas (``alpha="auto"``) shares the first.
+
+    Args:
+        kernel (Tensor): ``(N, N)`` train kernel.
+        targets (Targets): real targets ``(N,)`` or ``(N, m)``.
+        weight (Tensor): ``(N,)`` example weights.
+        device (torch.device): where to solve.
+    """
+
+    def __init__(
+        self, kernel: Tensor, targets: Targets, weight: Tensor, *, device: torch.device
+    ) -> None:
+        self.dtype = kernel.dtype
+        n_train = kernel.shape[0]
+        self.scale = kernel_scale(kernel)
+        k = kernel.to(device=device, dtype=torch.float64) / self.scale
+        z = targets.values.to(device=device, dtype=torch.float64).reshape(n_train, -1)
+        d = (weight.to(device=device, dtype=torch.float64) / n_train)[:, None]
+        self.mean = (d * k).sum(dim=0) / d.sum()
+        self.z_mean = (d * z).sum(dim=0) / d.sum()
+        centred = k - self.mean
+        self.gram = centred.T @ (d * centred)
+        self.rhs = centred.T @ (d * (z - self.z_mean))
+
+    def solve(self, alpha: float) -> tuple[Tensor, Tensor, int]:
+        """``coef`` ``(m, N)``, ``intercept`` ``(m,)`` (kernel dtype) and 0 iterations."""
+        scaled_alpha = alpha / self.scale**2
+        if scaled_alpha > 0:
+            gram = self.gram.clone()
+            gram.diagonal().add_(scaled_alpha)
+            coef_t = torch.linalg.solve(gram, self.rhs)
+        else:
+            coef_t = torch.linalg.pinv(self.gram, hermitian=True) @ self.rhs
+        coef = coef_t.T / self.scale
+        intercept = self.z_mean - coef_t.T @ self.mean
+        return coef.to(self.dtype), intercept.to(self.dtype), 0
+
+
+def fit_squared(
+    kernel: Tensor, targets: Targets, weight: Tensor, alpha: float, *, device: torch.device
+) -> tuple[Tensor, Tensor, int]:
+    r"""Squared-loss kGLM (ridge regression on kernel rows), solved exactly in float64.
+
+    See :class:`SquaredSystem` for the solution.
 
     Args:
         kernel (Tensor): ``(N, N)`` train kernel.
@@ -173,23 +215,4 @@ def fit_squared(
         tuple: ``coef`` ``(m, N)``, ``intercept`` ``(m,)`` in the kernel's dtype on ``device``,
         and 0 iterations.
     """
-    dtype = kernel.dtype
-    n_train = kernel.shape[0]
-    scale = kernel_scale(kernel)
-    k = kernel.to(device=device, dtype=torch.float64) / scale
-    z = targets.values.to(device=device, dtype=torch.float64).reshape(n_train, -1)
-    d = (weight.to(device=device, dtype=torch.float64) / n_train)[:, None]
-    mean = (d * k).sum(dim=0) / d.sum()
-    z_mean = (d * z).sum(dim=0) / d.sum()
-    centred = k - mean
-    gram = centred.T @ (d * centred)
-    rhs = centred.T @ (d * (z - z_mean))
-    scaled_alpha = alpha / scale**2
-    if scaled_alpha > 0:
-        gram.diagonal().add_(scaled_alpha)
-        coef_t = torch.linalg.solve(gram, rhs)
-    else:
-        coef_t = torch.linalg.pinv(gram, hermitian=True) @ rhs
-    coef = coef_t.T / scale
-    intercept = z_mean - coef_t.T @ mean
-    return coef.to(dtype), intercept.to(dtype), 0
+    return SquaredSystem(kernel, targets, weight, device=device).solve(alpha)
