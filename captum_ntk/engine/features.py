@@ -15,6 +15,11 @@ inner products are the (unnormalised) kernel:
 
 Normalised kernels divide by the square roots of the features' squared norms. A second
 implementation (per-layer Grams) can slot in by providing the same three methods.
+
+Gradient features are computed in passes over chunks of examples and classes sized by
+:func:`captum_ntk.engine.budget.pass_sizes`, so one pass holds at most a chunk of the Jacobian
+(examples x classes x P numbers) and its autograd intermediates, whatever the block size; the
+chunks only change floating-point rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .budget import chunks, pass_sizes
 from .inputs import ModelInputs
 from .model import ModelFunction
 from .projection import RandomProjection
@@ -69,11 +75,21 @@ class FeatureMap:
     what = "feature"
     #: gradient vectors per example (C for per-logit Jacobians, 1 for summed gradients)
     per_logit = True
-    #: bytes of features held at once (set by ``build_feature_map``)
+    #: the memory budget M in bytes (set by ``build_feature_map``; its shares are described
+    #: in :mod:`captum_ntk.engine.budget`)
     memory_limit: int = 2 << 30
 
     def __init__(self, function: ModelFunction) -> None:
         self.function = function
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per number in the compute dtype."""
+        return torch.tensor([], dtype=self.function.dtype).element_size()
+
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        """Bytes of one example's features (from the model's shape, no gradient computed)."""
+        raise NotImplementedError
 
     def __call__(self, inputs: ModelInputs) -> Features:
         """Features of a block of B examples; dimension 0 of size B."""
@@ -88,6 +104,29 @@ class FeatureMap:
         flat = _flat(f)
         return torch.linalg.vecdot(flat, flat)
 
+    def passes(
+        self, inputs: ModelInputs, classes: int
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        r"""Example and class ranges of the gradient passes for a block.
+
+        Args:
+            inputs (ModelInputs): a block of B examples.
+            classes (int): gradient rows per example (C, or 1 for summed gradients).
+
+        Returns:
+            (example ranges, class ranges): every pair is one pass.
+        """
+        function = self.function
+        b = inputs.num_examples
+        examples, chunk = pass_sizes(
+            b,
+            classes,
+            function.num_params * self.itemsize,
+            function.activation_bytes(inputs),
+            self.memory_limit,
+        )
+        return chunks(b, examples), chunks(classes, chunk)
+
 
 class JacobianFeatures(FeatureMap):
     """Full per-example Jacobians, pieces (B, C, p_i): entk, trntk0, trntk."""
@@ -98,8 +137,27 @@ class JacobianFeatures(FeatureMap):
         super().__init__(function)
         self.per_class = per_class
 
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        rows = self.function.num_outputs(inputs) if self.per_logit else 1
+        return rows * self.function.num_params * self.itemsize
+
     def __call__(self, inputs: ModelInputs) -> ParamBlocks:
-        return ParamBlocks(self.function.jacobian(inputs))
+        function = self.function
+        c = function.num_outputs(inputs)
+        example_ranges, class_ranges = self.passes(inputs, c)
+        if len(example_ranges) == 1 and len(class_ranges) == 1:
+            return ParamBlocks(function.jacobian(inputs))
+        b = inputs.num_examples
+        parts = [
+            torch.empty(b, c, size, dtype=function.dtype, device=function.device)
+            for size in function.sizes
+        ]
+        for e0, e1 in example_ranges:
+            block = inputs.slice(e0, e1)
+            for c0, c1 in class_ranges:
+                for part, piece in zip(parts, function.jacobian(block, (c0, c1))):
+                    part[e0:e1, c0:c1] = piece
+        return ParamBlocks(parts)
 
     def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
         pairs = zip(f1.parts, f2.parts)
@@ -118,8 +176,20 @@ class SummedGradientFeatures(JacobianFeatures):
     per_logit = False
 
     def __call__(self, inputs: ModelInputs) -> ParamBlocks:
-        self.num_outputs = self.function.num_outputs(inputs)
-        return ParamBlocks(self.function.summed_gradient(inputs))
+        function = self.function
+        self.num_outputs = function.num_outputs(inputs)
+        example_ranges, _ = self.passes(inputs, 1)
+        if len(example_ranges) == 1:
+            return ParamBlocks(function.summed_gradient(inputs))
+        b = inputs.num_examples
+        parts = [
+            torch.empty(b, size, dtype=function.dtype, device=function.device)
+            for size in function.sizes
+        ]
+        for e0, e1 in example_ranges:
+            for part, piece in zip(parts, function.summed_gradient(inputs.slice(e0, e1))):
+                part[e0:e1] = piece
+        return ParamBlocks(parts)
 
     def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
         return super().inner(f1, f2) / self.num_outputs
@@ -137,10 +207,29 @@ class ProjectedJacobianFeatures(FeatureMap):
         super().__init__(function)
         self.projection = projection
 
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        c = self.function.num_outputs(inputs)
+        return c * self.projection.projection_dim * self.itemsize
+
     def __call__(self, inputs: ModelInputs) -> Tensor:
-        parts = self.function.jacobian(inputs)
-        b, c = parts[0].shape[:2]
-        return self.projection([p.reshape(b * c, -1) for p in parts]).reshape(b, c, -1)
+        c = self.function.num_outputs(inputs)
+        example_ranges, class_ranges = self.passes(inputs, c)
+        out: Tensor | None = None
+        for e0, e1 in example_ranges:
+            block = inputs.slice(e0, e1)
+            for c0, c1 in class_ranges:
+                rows = (e1 - e0) * (c1 - c0)
+                parts = self.function.jacobian(block, (c0, c1))
+                feats = self.projection([p.reshape(rows, -1) for p in parts])
+                feats = feats.reshape(e1 - e0, c1 - c0, -1)
+                if len(example_ranges) == 1 and len(class_ranges) == 1:
+                    return feats
+                if out is None:
+                    shape = (inputs.num_examples, c, feats.shape[-1])
+                    out = torch.empty(shape, dtype=feats.dtype, device=feats.device)
+                out[e0:e1, c0:c1] = feats
+        assert out is not None
+        return out
 
 
 class ProjectedSummedGradientFeatures(FeatureMap):
@@ -153,8 +242,22 @@ class ProjectedSummedGradientFeatures(FeatureMap):
         super().__init__(function)
         self.projection = projection
 
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        return self.projection.projection_dim * self.itemsize
+
     def __call__(self, inputs: ModelInputs) -> Tensor:
-        return self.projection(self.function.summed_gradient(inputs))
+        example_ranges, _ = self.passes(inputs, 1)
+        out: Tensor | None = None
+        for e0, e1 in example_ranges:
+            feats = self.projection(self.function.summed_gradient(inputs.slice(e0, e1)))
+            if len(example_ranges) == 1:
+                return feats
+            if out is None:
+                shape = (inputs.num_examples, feats.shape[-1])
+                out = torch.empty(shape, dtype=feats.dtype, device=feats.device)
+            out[e0:e1] = feats
+        assert out is not None
+        return out
 
 
 def _token_level(value: Tensor, mask: Tensor | None) -> bool:
@@ -207,6 +310,15 @@ class ActivationFeatures(FeatureMap):
         self.layers = list(layers)
         self.which = which
         self.strict = strict
+
+    def example_bytes(self, inputs: ModelInputs) -> int:
+        # probed on the longest example of a padded text batch (its features are the largest)
+        index = 0
+        mask = inputs.kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            index = int(mask.sum(dim=1).argmax())
+        feats = self(inputs.slice(index, index + 1))
+        return feats.numel() * feats.element_size()
 
     def __call__(self, inputs: ModelInputs) -> ParamBlocks:
         values = self.function.activations(inputs, self.layers, self.which, self.strict)

@@ -7,6 +7,8 @@ is the logical shift), so the bits are the same on every device and in every ord
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -35,6 +37,7 @@ def mix32(x: Tensor) -> Tensor:
     return x ^ ((x >> 16) & 0xFFFF)
 
 
+@functools.lru_cache(maxsize=64)  # three ints per seed; called for every column block
 def seed_keys(seed: int) -> tuple[int, int, int]:
     s = int(seed) & ((1 << 64) - 1)
     words = torch.tensor([i32(s), i32(s >> 32)], dtype=torch.int32)

@@ -174,6 +174,7 @@ class ModelFunction:
             if n not in self.params
         }
         self._num_outputs: int | None = None
+        self._activation_bytes: int | None = None
 
     def _cast(self, t: Tensor) -> Tensor:
         t = t.detach()
@@ -259,17 +260,30 @@ class ModelFunction:
         return self._num_outputs
 
     # ------------------------------------------------------------------ derivatives
-    def jacobian(self, inputs: ModelInputs) -> list[Tensor]:
-        r"""Per-example Jacobian of all logits for a block, one piece per parameter.
+    def jacobian(self, inputs: ModelInputs, classes: tuple[int, int] | None = None) -> list[Tensor]:
+        r"""Per-example Jacobian of the logits for a block, one piece per parameter.
+
+        Args:
+            inputs (ModelInputs): a block of B examples.
+            classes (tuple of int, optional): ``(start, stop)``: only the Jacobian rows of
+                    logits ``start:stop`` (one backward pass per logit in the range, so a
+                    chunk of classes costs chunk x P numbers per example). Default: all.
 
         Returns:
-            list[Tensor]: shapes (B, C, p_i) in parameter order (concatenated along the last
-            dimension they form the (B, C, P) Jacobian; they are not concatenated, to save a
-            copy of B x C x P numbers).
+            list[Tensor]: shapes (B, C', p_i) in parameter order, C' the number of logits asked
+            for (concatenated along the last dimension they form the (B, C', P) Jacobian; they
+            are not concatenated, to save a copy of B x C' x P numbers).
         """
+        single = self._single
+        if classes is not None:
+            start, stop = classes
+
+            def single(params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
+                return self._single(params, args, kwargs)[start:stop]
+
         inputs = self.prepare(inputs)
         with self.context():
-            jac = vmap(jacrev(self._single), in_dims=(None, 0, 0))(
+            jac = vmap(jacrev(single), in_dims=(None, 0, 0))(
                 self.params, inputs.args, inputs.kwargs
             )
         b = inputs.num_examples
@@ -290,6 +304,47 @@ class ModelFunction:
             grads = vmap(grad(total), in_dims=(None, 0, 0))(self.params, inputs.args, inputs.kwargs)
         b = inputs.num_examples
         return [grads[n].reshape(b, -1) for n in self.names]
+
+    def activation_bytes(self, inputs: ModelInputs) -> int:
+        r"""Bytes of the activations autograd saves in one example's forward pass.
+
+        Probed once (then cached) on the example with the most real tokens when the block
+        has a 2-D ``attention_mask``, else on the first, with every floating-point parameter
+        and buffer differentiable; tensors saved more than once (views) count once, the
+        parameters and inputs themselves not at all. It estimates the autograd intermediates
+        of a gradient pass per example (see :mod:`captum_ntk.engine.budget`).
+        """
+        if self._activation_bytes is None:
+            index = 0
+            mask = inputs.kwargs.get("attention_mask")
+            if mask is not None and mask.dim() == 2:
+                index = int(mask.sum(dim=1).argmax())
+            self._activation_bytes = self._saved_bytes(self.prepare(inputs.slice(index, index + 1)))
+        return self._activation_bytes
+
+    def _saved_bytes(self, inputs: ModelInputs) -> int:
+        parameters = {n for n, _ in self.model.named_parameters()}
+        leaves = {
+            n: t.detach().requires_grad_(n in parameters and t.is_floating_point())
+            for n, t in {**self.frozen, **self.params}.items()
+        }
+        existing = list(leaves.values()) + list(inputs.args) + list(inputs.kwargs.values())
+        known = {t.untyped_storage().data_ptr() for t in existing}
+        saved: dict[int, int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in known:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.enable_grad(), self.context():
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = functional_call(
+                    self.model, leaves, inputs.args, inputs.kwargs, tie_weights=True
+                )
+                del out
+        return sum(saved.values())
 
     # ------------------------------------------------------------------ activations
     def activations(

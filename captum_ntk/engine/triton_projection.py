@@ -8,7 +8,8 @@ CUDA when Triton imports; everything else takes the blockwise torch path. float3
 TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set, else "tf32x3" (split-precision TF32:
 the +-1 signs are exact in TF32, so only the gradients' low bits are rounded, about 2^-21
 relative). P is split across programs; the partial sums are added in a fixed order, so results
-are deterministic and do not depend on the number of rows in a call.
+are deterministic and do not depend on the number of rows in a call. Pointer offsets are computed in
+64-bit integers (rows x parameters and splits x rows x K may exceed 2**31).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import torch
 from torch import Tensor
 
 from .hashing import C1, C2
+
+#: Default bound on the partial sums' scratch memory (splits x M x K float32 values).
+MAX_PARTIAL_BYTES = 256 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,9 +51,11 @@ def _kernel():
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
         PRECISION: tl.constexpr,
     ):  # fmt: skip
-        pid_m = tl.program_id(0)
+        # program ids are int32: widen before multiplying, so offsets such as
+        # row * stride_gm and split * M * K are int64 (they may exceed 2**31)
+        pid_m = tl.program_id(0).to(tl.int64)
         pid_k = tl.program_id(1)
-        pid_s = tl.program_id(2)
+        pid_s = tl.program_id(2).to(tl.int64)
         p_begin = pid_s * p_per_split
         p_end = tl.minimum(p_begin + p_per_split, P)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -82,19 +88,27 @@ def _kernel():
 
 
 def project_accumulate(
-    gradients: Tensor, row_key: Tensor, col_key: Tensor, col_key2: Tensor, out: Tensor
+    gradients: Tensor,
+    row_key: Tensor,
+    col_key: Tensor,
+    col_key2: Tensor,
+    out: Tensor,
+    scratch_bytes: int = MAX_PARTIAL_BYTES,
 ) -> None:
     r"""``out += gradients @ S.T`` with S's signs generated from the keys.
 
     Args:
-        gradients (Tensor): (M, p) on CUDA, float32/float16/bfloat16.
+        gradients (Tensor): (M, p) on CUDA, float32/float16/bfloat16; rows may be strided
+                (e.g. a column slice of a wider tensor) but columns must be contiguous.
         row_key (Tensor): (K,) int32 row keys.
         col_key, col_key2 (Tensor): (p,) int32 column keys of these columns.
         out (Tensor): (M, K) float32 accumulator, contiguous.
+        scratch_bytes (int): bound on the partial sums (splits x M x K float32); at least one
+                split is always used.
     """
     import triton
 
-    g = gradients.contiguous()
+    g = gradients if gradients.stride(-1) == 1 else gradients.contiguous()
     m, p = g.shape
     k = row_key.shape[0]
     if g.dtype == torch.float32:
@@ -108,8 +122,8 @@ def project_accumulate(
     # split P so that there are enough programs to fill the GPU (about 4 waves of 132 SMs);
     # the split depends on K and P only, so a row's sum order does not depend on M
     splits = max(1, min(triton.cdiv(528, grid_k), triton.cdiv(p, 8 * block_p)))
-    # bound the partial sums' scratch memory (splits x M x K floats) to 256 MiB
-    splits = max(1, min(splits, (256 << 20) // (4 * m * k)))
+    # bound the partial sums' scratch memory (splits x M x K floats)
+    splits = max(1, min(splits, scratch_bytes // (4 * m * k)))
     p_per_split = triton.cdiv(triton.cdiv(p, splits), block_p) * block_p
     splits = triton.cdiv(p, p_per_split)
     partial = torch.empty(splits, m, k, device=g.device, dtype=torch.float32)

@@ -1,9 +1,10 @@
 r"""Blockwise kernel assembly bounded in memory.
 
-A group of row blocks is held in memory while column blocks stream past it, so peak memory is
-bounded by ``memory_limit`` whatever N is, and no N x C x P tensor ever exists. Column features are
-kept (computed once) when all of them fit in half of ``memory_limit``; otherwise they are recomputed
-for each row group. With ``cols=None`` only the upper triangle of blocks is computed and mirrored.
+A group of row blocks (at most a quarter of ``memory_limit``) is held in memory while column blocks
+stream past it, so the features held are bounded whatever N is, and no N x C x P tensor ever exists.
+Column features are kept (computed once) when all of them fit in another quarter of
+``memory_limit``; otherwise they are recomputed for each row group (the shares of the budget are
+listed in :mod:`captum_ntk.engine.budget`). With ``cols=None`` only the upper triangle of blocks is computed and mirrored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..engine.budget import FEATURE_SHARE
 from ..engine.features import FeatureMap, Features
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_finite
@@ -118,9 +120,9 @@ def iter_kernel_blocks(
 ) -> Iterator[tuple[int, int, Tensor]]:
     r"""Yields the kernel block by block, bounded in memory.
 
-    A group of row blocks (as many as fit in half of ``memory_limit``) is held while
+    A group of row blocks (as many as fit in a quarter of ``memory_limit``) is held while
     the column blocks stream past it. Column blocks are kept across row groups when all
-    of them fit in half the budget (decided from the first block unless ``cols.keep`` is
+    of them fit in another quarter (decided from the first block unless ``cols.keep`` is
     already set). With ``cols=None`` the kernel of the rows with themselves is produced
     and only blocks on or above the block diagonal are yielded.
 
@@ -128,7 +130,7 @@ def iter_kernel_blocks(
         rows (FeatureCache): N1 row examples.
         cols (FeatureCache, optional): N2 column examples; None for the symmetric kernel.
         normalize (bool): cosine-normalise each block.
-        memory_limit (int): bytes of features held at once.
+        memory_limit (int): the budget M; features held take at most M / 2.
         show_progress (bool): tqdm bar over blocks.
         desc (str): the bar's label.
 
@@ -141,7 +143,7 @@ def iter_kernel_blocks(
     row_starts, col_starts = rows.starts, cols.starts
     n_rows = len(row_starts)
     total = n_rows * (n_rows + 1) // 2 if symmetric else n_rows * len(col_starts)
-    budget = memory_limit // 2
+    budget = memory_limit // FEATURE_SHARE
     zero_rows: set[int] = set()
     zero_cols: set[int] = set()
     with tqdm(total=total, desc=desc, disable=not show_progress, leave=False) as bar:
