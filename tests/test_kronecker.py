@@ -103,3 +103,25 @@ def test_bad_projection_dim_is_refused() -> None:
     function = ModelFunction(make_mlp())
     with pytest.raises(ValueError, match="must be in"):
         KroneckerFeatures(function, function.num_params)
+
+
+def test_kernel_matrix_and_attribution_with_kronecker() -> None:
+    from reference import cosine_gram
+
+    import captum_ntk as cn
+
+    model, x1, x2 = make_cnn(), cnn_inputs(4), cnn_inputs(3, seed=9)
+    fmap = KroneckerFeatures(ModelFunction(model), 40, seed=2)
+    f1 = fmap(ModelInputs.from_user(x1, "x")).reshape(4, -1)
+    f2 = fmap(ModelInputs.from_user(x2, "x")).reshape(3, -1)
+    ref = cosine_gram(f1, f2)
+    got = cn.kernel_matrix(
+        model, x1, x2, kernel="proj_trntk", projection="kronecker", projection_dim=40, seed=2
+    )
+    assert float((got - ref).abs().max()) < 1e-12
+    dataset = torch.utils.data.TensorDataset(x2, torch.zeros(3, dtype=torch.long))
+    attr = cn.ProjTrNTKAttribution(
+        model, dataset, projection="kronecker", projection_dim=40, seed=2, batch_size=2
+    )
+    scores = attr.influence((x1, torch.zeros(4, dtype=torch.long)))
+    assert float((scores - ref).abs().max()) < 1e-12

@@ -109,3 +109,39 @@ def test_cuda_matches_cpu_and_is_deterministic() -> None:
     assert torch.allclose(first.cpu(), cpu, rtol=1e-5, atol=1e-4)
     assert torch.equal(first, proj(g.cuda()))  # same bits on a second run
     assert torch.equal(first[:5], proj(g[:5].cuda()))  # and for fewer rows
+
+
+@pytest.mark.parametrize("kernel", ["proj_trntk", "proj_pntk"])
+def test_kernel_matrix_with_sjlt_matches_the_reference(kernel: str) -> None:
+    from models import make_wide_mlp, mlp_inputs
+    from reference import kernel_from_grads, library_parameters, ref_gradients
+
+    import captum_ntk as cn
+
+    model = make_wide_mlp()
+    x1, x2 = mlp_inputs(4, d_in=20), mlp_inputs(3, seed=5, d_in=20)
+    names = library_parameters(model)
+    g1, g2 = ref_gradients(model, x1, names), ref_gradients(model, x2, names)
+    matrix = sjlt_matrix(g1.shape[-1], 512, seed=7)
+    ref = kernel_from_grads(g1, g2, kernel, matrix)
+    got = cn.kernel_matrix(
+        model, x1, x2, kernel=kernel, projection="sjlt", projection_dim=512, seed=7, batch_size=2
+    )
+    assert float((got - ref).abs().max()) < 1e-10
+    attr = cn.ProjTrNTKAttribution if kernel == "proj_trntk" else cn.ProjPNTKAttribution
+    scores = attr(
+        model, torch.utils.data.TensorDataset(x2, torch.zeros(3)), projection="sjlt",
+        projection_dim=512, seed=7,
+    ).influence((x1, torch.zeros(4)))  # fmt: skip
+    assert float((scores - ref).abs().max()) < 1e-10
+
+
+def test_unknown_projection_is_refused() -> None:
+    from models import make_wide_mlp, mlp_inputs
+
+    import captum_ntk as cn
+
+    with pytest.raises(ValueError, match="Unknown projection 'sparse'"):
+        cn.kernel_matrix(
+            make_wide_mlp(), mlp_inputs(2, d_in=20), kernel="proj_pntk", projection="sparse"
+        )

@@ -58,7 +58,8 @@ def check_precision(precision: str, device: torch.device | str | None) -> str:
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool) -> Iterator[None]:
+def tf32_matmul(enabled: bool) -> Iterator[None]:
+    """Allows TF32 CUDA matmuls inside the block if ``enabled`` (restored after)."""
     if not enabled:
         yield
         return
@@ -86,5 +87,5 @@ def accumulate_product(out: Tensor, left: Tensor, right: Tensor, precision: str 
         else:
             out.add_((a @ b).to(out.dtype))
         return
-    with _tf32(precision == "tf32" and out.is_cuda and out.dtype == torch.float32):
+    with tf32_matmul(precision == "tf32" and out.is_cuda and out.dtype == torch.float32):
         out.addmm_(left.to(out.dtype), right.to(out.dtype))
