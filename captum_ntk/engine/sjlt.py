@@ -202,7 +202,8 @@ class SparseProjection:
         first = parts[0]
         k = self.projection_dim
         acc_dtype = torch.promote_types(first.dtype, torch.float32)
-        if first.is_cuda and triton_sjlt.available():
+        half_or_single = (torch.float32, torch.float16, torch.bfloat16)
+        if first.is_cuda and first.dtype in half_or_single and triton_sjlt.available():
             out = torch.zeros(first.shape[0], k, device=first.device, dtype=torch.float32)
             for part, lo, hi in zip(parts, offsets[:-1], offsets[1:]):
                 for start in range(lo, hi, self.width):
