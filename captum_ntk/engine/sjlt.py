@@ -15,7 +15,8 @@ for every batch size, column-block size, device and GPU model.
 Cost: ``s P`` additions per gradient row instead of ``K P`` multiply-adds for a dense projection.
 On the CPU each column block is added with ``index_add_`` into a (M, 2K) accumulator (column k for
 positive entries of row k, column K + k for negative ones), so every output entry is a sum in
-parameter order: bit-identical whatever the batch size or block size. On CUDA with Triton a
+parameter order: bit-identical whatever the batch size or block size. On CUDA with Triton
+(float32/float16/bfloat16 gradients) a
 compressed-row (CSR) kernel sums each output entry in parameter order too (deterministic, see
 :mod:`captum_ntk.engine.triton_sjlt`); without Triton ``index_add_`` on CUDA uses atomic adds, whose
 order (and so the last bits of the result) may change from run to run.
