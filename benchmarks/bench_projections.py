@@ -181,7 +181,7 @@ def generation_rates() -> None:
         print(f"  seeded {kind} generation: {1024 * 4096 / secs / 1e6:.1f} M entries/s")
 
 
-def section_speed(quick: bool) -> None:
+def section_speed(quick: bool, projections: tuple[str, ...] = PROJECTIONS) -> None:
     torch.manual_seed(0)
     generation_rates()
     net = mlp(784, 512, 512, 10).eval()
@@ -190,7 +190,7 @@ def section_speed(quick: bool) -> None:
         x = torch.randn(n, 784)
         print(f"\n{kernel} features, MLP 784-512-512-10 (P=669,706), K={k}, {n} examples:")
         rates = baseline_rates(net, kernel, k, x, batch)
-        for projection in PROJECTIONS:
+        for projection in projections:
             if projection == "gaussian" and kernel == "proj_trntk":
                 continue  # about 140 s per generation of the K x P matrix, several per block
             x_p = x[:batch] if projection == "gaussian" else x  # one generation
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--sections", default="residual,speed,mnist2,precision")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--models", default="cnn,mlp", help="models of the residual section")
+    parser.add_argument("--projections", default=",".join(PROJECTIONS), help="speed section")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
@@ -246,7 +247,10 @@ def main() -> None:
         if name == "residual":
             section_residual(args.quick, args.models)
             continue
-        {"speed": section_speed, "mnist2": section_mnist2,
+        if name == "speed":
+            section_speed(args.quick, tuple(args.projections.split(",")))
+            continue
+        {"mnist2": section_mnist2,
          "precision": section_precision}[name](args.quick)  # fmt: skip
 
 

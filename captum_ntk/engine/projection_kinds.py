@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .packed_projection import PackedRademacherProjection
 from .precision import check_precision
 from .projection import RandomProjection
 from .sjlt import DEFAULT_NONZEROS, SparseProjection
@@ -76,9 +77,15 @@ def make_projection(
             num_params, projection_dim, DEFAULT_NONZEROS, seed, device, dtype,
             cache_bytes=cache_bytes, scratch_bytes=scratch_bytes,
         )  # fmt: skip
-    proj = RandomProjection(
-        num_params, projection_dim, projection, seed, device, dtype,
-        cache_bytes=cache_bytes, scratch_bytes=scratch_bytes,
-    )  # fmt: skip
+    if projection == "rademacher":  # signs cached bit-packed when the float matrix does not fit
+        proj: RandomProjection = PackedRademacherProjection(
+            num_params, projection_dim, seed, device, dtype,
+            cache_bytes=cache_bytes, scratch_bytes=scratch_bytes,
+        )  # fmt: skip
+    else:
+        proj = RandomProjection(
+            num_params, projection_dim, projection, seed, device, dtype,
+            cache_bytes=cache_bytes, scratch_bytes=scratch_bytes,
+        )  # fmt: skip
     proj.precision = precision
     return proj
