@@ -318,10 +318,15 @@ def test_padding_invariance_in_float32(minilm, tokenizer):
     model = minilm[0]
     short = padded(tokenizer, TRAIN_SENTENCES)
     long = padded(tokenizer, TRAIN_SENTENCES, padding="max_length", max_length=64)
-    k_short = cn.kernel_matrix(model, short, kernel="pntk", layers=LAYERS, batch_size=6)
-    k_long = cn.kernel_matrix(model, long, kernel="pntk", layers=LAYERS, batch_size=6)
+    # the Jacobian engine vmaps one example at a time: bit-identical whatever the padding
+    kw = {"kernel": "pntk", "layers": LAYERS, "batch_size": 6, "engine": "jacobian"}
+    k_short = cn.kernel_matrix(model, short, **kw)
+    k_long = cn.kernel_matrix(model, long, **kw)
     assert k_short.dtype == torch.float32
     assert torch.equal(k_short, k_long)
+    # the Gram engine (default) runs batched passes: equal up to float32 rounding
+    k_gram = cn.kernel_matrix(model, long, kernel="pntk", layers=LAYERS, batch_size=6)
+    torch.testing.assert_close(k_gram, k_short, rtol=1e-5, atol=1e-6)
     k_blocks = cn.kernel_matrix(model, long, kernel="pntk", layers=LAYERS, batch_size=2)
     torch.testing.assert_close(k_blocks, k_short, rtol=1e-5, atol=1e-6)
 
@@ -342,9 +347,15 @@ def test_each_block_is_padded_to_its_longest_sentence(minilm, tokenizer):
         # (the first use of a model also runs hf.vmap_safe's short probe sequences)
         assert seen[-3:] == [(2, n) for n in block_max]
         seen.clear()
-        cn.kernel_matrix(model, batch, kernel="pntk", layers=LAYERS, batch_size=2)
+        cn.kernel_matrix(
+            model, batch, kernel="pntk", layers=LAYERS, batch_size=2, engine="jacobian"
+        )
         # under vmap the forward sees one example (1, T) per block (after a one-example probe)
         assert seen[-3:] == [(1, n) for n in block_max]
+        seen.clear()
+        cn.kernel_matrix(model, batch, kernel="pntk", layers=LAYERS, batch_size=2, engine="gram")
+        # the Gram engine runs each trimmed block batched (after its planning passes)
+        assert seen[-3:] == [(2, n) for n in block_max]
     finally:
         handle.remove()
 

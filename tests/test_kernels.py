@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 import captum_ntk as cn
+from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.kernels.matrix import build_feature_map, minimum_memory_limit
 
 PROJ_DIM = 32  # < P of every small model (MLP 89, CNN 148, transformer 715)
 
@@ -84,6 +86,14 @@ def compute(model: nn.Module, x1, x2, kernel: str, **kwargs) -> Tensor:
     if kernel in ref.PROJECTED_KERNELS:
         kwargs.setdefault("projection_dim", PROJ_DIM)
     return cn.kernel_matrix(model, x1, x2, kernel=kernel, **kwargs)
+
+
+def smallest_memory_limit(model: nn.Module, x, kernel: str, **kwargs) -> int:
+    """The smallest ``memory_limit`` ``kernel_matrix`` accepts for ``model`` on inputs like ``x``."""
+    if kernel in ref.PROJECTED_KERNELS:
+        kwargs.setdefault("projection_dim", PROJ_DIM)
+    fmap = build_feature_map(model, kernel, **kwargs)
+    return minimum_memory_limit(fmap, ModelInputs.from_user(x))
 
 
 def expected_shape(kernel: str, n1: int, n2: int, c: int) -> tuple[int, ...]:
@@ -263,9 +273,14 @@ def test_batch_size_and_memory_limit_invariance(case: str, kernel: str) -> None:
     n = x1.shape[0]
     for batch_size in (1, 3, n):
         assert_close_rel(compute(model, x1, x2, kernel, batch_size=batch_size), base, 1e-12)
-    for memory_limit in (2**12, 2**16, 2**30):
+    smallest = smallest_memory_limit(model, x1, kernel)
+    for memory_limit in (smallest, 4 * smallest, 2**30):
         assert_close_rel(compute(model, x1, x2, kernel, memory_limit=memory_limit), base, 1e-12)
-    assert_close_rel(compute(model, x1, x2, kernel, batch_size=1, memory_limit=2**12), base, 1e-12)
+    assert_close_rel(
+        compute(model, x1, x2, kernel, batch_size=1, memory_limit=smallest), base, 1e-12
+    )
+    with pytest.raises(ValueError, match="memory_limit >= "):
+        compute(model, x1, x2, kernel, memory_limit=smallest - 1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -118,3 +118,54 @@ def test_fused_cuda_projection_matches_the_matrix(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(
         fused.cpu().double(), cpu, rtol=1e-4, atol=1e-4 * float(cpu.abs().max())
     )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_cuda_projection_of_strided_column_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from captum_ntk.engine import triton_projection as _triton_projection
+
+    if not _triton_projection.available():
+        pytest.skip("Triton not available")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    p, k = 20_000, 300
+    g = torch.randn(40, p, device="cuda")
+    # a small scratch budget: keys for 1024 columns at a time, so every piece is projected as
+    # strided column slices (rows keep the stride of the whole gradient)
+    proj = RandomProjection(p, k, seed=5, device="cuda", cache_bytes=0, scratch_bytes=1 << 16)
+    assert proj._use_triton(g)
+    fused = proj([g[:, :7000], g[:, 7000:]])
+    s = projection_matrix(p, k, seed=5, device="cuda")
+    ref = (g.double() @ s.T / math.sqrt(k)).float()
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert not any(isinstance(v, torch.Tensor) for v in vars(proj).values())  # no kept keys
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_cuda_projection_beyond_2_31_gradient_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from captum_ntk.engine import triton_projection as _triton_projection
+
+    if not _triton_projection.available():
+        pytest.skip("Triton not available")
+    p, k = 60_000, 128
+    rows = 2**31 // p + 64  # rows x P > 2**31: 32-bit offsets of the last rows overflow
+    if torch.cuda.mem_get_info()[0] < 3 * rows * p * 4:
+        pytest.skip("needs about 26 GB of free GPU memory")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    g = torch.empty(rows, p, device="cuda")
+    g.normal_(generator=torch.Generator(device="cuda").manual_seed(0))
+    assert g.numel() > 2**31
+    proj = RandomProjection(p, k, seed=3, device="cuda", cache_bytes=0)
+    assert proj._use_triton(g)
+    fused = proj(g)
+    # the torch path (float64, no Triton) on the first and last rows
+    exact = RandomProjection(p, k, seed=3, device="cuda", dtype=torch.float64, cache_bytes=0)
+    for chosen in (slice(0, 8), slice(rows - 8, rows)):
+        ref = exact(g[chosen].double()).float()
+        torch.testing.assert_close(
+            fused[chosen], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())
+        )

@@ -8,8 +8,9 @@ counter-based integer hash (32-bit "lowbias32" finaliser rounds on int32 tensors
 * the same seed gives the same matrix on the CPU and on CUDA (Rademacher entries are
   bit-identical; Gaussian entries agree up to the rounding of ``log``/``cos``);
 * results do not depend on batch sizes beyond floating-point rounding: the column blocks a
-  gradient is cut into depend on ``K`` only, so the order of summation over P is fixed (BLAS may
-  still round a product differently for different numbers of rows).
+  gradient is cut into depend on ``K`` and the scratch budget only, so for a given budget the order
+  of summation over P is fixed (BLAS may still round a product differently for different numbers
+  of rows).
 
 Rademacher entries are +-1 with probability 1/2; Gaussian entries are N(0, 1) (Box-Muller on
 two 32-bit hashes). Projected features are ``S g / sqrt(K)``, so that
@@ -28,15 +29,56 @@ from torch import Tensor
 
 from . import triton_projection
 from .hashing import C1, C2, column_keys, i32, mix32, row_keys
+from .precision import accumulate_product, tf32_matmul
 
 PROJECTIONS = ("rademacher", "gaussian")
-#: Entries generated per column block (K * width), bounding the generator's scratch memory.
+#: Most entries generated per column block (K * width).
 _BLOCK_ENTRIES = 1 << 22
+#: Scratch bytes per generated entry (hash words, uniforms and the block itself; an upper bound).
+_ENTRY_BYTES = {"rademacher": 16, "gaussian": 64}
 
 
-def column_width(projection_dim: int) -> int:
-    """Width of the column blocks used for a given K (a function of K only)."""
-    return max(1, _BLOCK_ENTRIES // int(projection_dim))
+def column_width(
+    projection_dim: int, scratch_bytes: int | None = None, kind: str = "rademacher"
+) -> int:
+    r"""Width of the column blocks used for a given K (a function of K and the scratch budget).
+
+    Args:
+        projection_dim (int): K.
+        scratch_bytes (int, optional): bytes the generation of one block may take. Default:
+                no limit beyond ``2**22`` entries per block.
+        kind (str): "rademacher" or "gaussian" (Gaussian blocks need more scratch per entry).
+
+    Returns:
+        int: columns per block, at least 1.
+    """
+    entries = _BLOCK_ENTRIES
+    if scratch_bytes is not None:
+        entries = min(entries, int(scratch_bytes) // _ENTRY_BYTES.get(kind, 64))
+    return max(1, entries // int(projection_dim))
+
+
+#: Largest default K (the paper's projection dimension).
+MAX_DEFAULT_PROJECTION_DIM = 10240
+
+
+def default_projection_dim(num_params: int) -> int:
+    r"""The default K for P parameters: ``min(10240, 2 ** floor(log2(P / 4)))``, at least 1.
+
+    The largest power of two not above P / 4 (so a projected feature is at most a quarter of
+    a gradient and K is GEMM-friendly), capped at the paper's 10240, which it equals for every
+    P >= 65536. A pure function of P: DigitsMLP (P = 8970) gets 2048, ResNet-18 gets 10240.
+
+    Args:
+        num_params (int): P.
+
+    Returns:
+        int: K (smaller than P whenever P >= 2).
+    """
+    num_params = int(num_params)
+    if num_params < 8:
+        return 1
+    return min(MAX_DEFAULT_PROJECTION_DIM, 1 << ((num_params // 4).bit_length() - 1))
 
 
 def projection_block(
@@ -47,6 +89,7 @@ def projection_block(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    row_key: Tensor | None = None,
 ) -> Tensor:
     r"""Columns ``start:stop`` of the unscaled projection matrix.
 
@@ -58,13 +101,16 @@ def projection_block(
         seed (int): the seed.
         dtype (torch.dtype): dtype of the result.
         device (torch.device, optional): where to generate it.
+        row_key (Tensor, optional): ``row_keys(projection_dim, seed, device)``, if already
+                computed.
 
     Returns:
         Tensor: shape (K, stop - start).
     """
     if kind not in PROJECTIONS:
         raise ValueError(f"Unknown projection {kind!r}; choose one of {PROJECTIONS}.")
-    row_key = row_keys(projection_dim, seed, device)
+    if row_key is None:
+        row_key = row_keys(projection_dim, seed, device)
     col_key, col_key2 = column_keys(start, stop, seed, device)
     # Per entry: two multiply-xor rounds (no shifts: they are slow on CPU); the top bit of
     # an odd-constant product depends on every lower bit of its operand.
@@ -121,7 +167,19 @@ class RandomProjection:
         dtype (torch.dtype): compute dtype.
         cache_bytes (int): if the whole K x P matrix takes at most this many bytes it is
                 generated once and kept; otherwise column blocks are regenerated per call.
+        scratch_bytes (int, optional): bound on the scratch memory of one call beyond its
+                input and output: one generated column block on the CPU (at least one column,
+                K entries), hash keys and partial sums of the fused CUDA kernel. Default: no
+                bound beyond ``2**22`` generated entries per block (CUDA: 256 MiB of partial
+                sums).
+
+    Nothing else is kept for the object's lifetime: hash keys are generated per call and
+    column block.
     """
+
+    #: arithmetic of the matmuls ("fp32", "tf32" on CUDA, "bf16"; see
+    #: :mod:`captum_ntk.engine.precision`), set by ``make_projection``
+    precision = "fp32"
 
     def __init__(
         self,
@@ -132,6 +190,7 @@ class RandomProjection:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         cache_bytes: int = 1 << 29,
+        scratch_bytes: int | None = None,
     ) -> None:
         if kind not in PROJECTIONS:
             raise ValueError(f"Unknown projection {kind!r}; choose one of {PROJECTIONS}.")
@@ -149,20 +208,19 @@ class RandomProjection:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.dtype = dtype
-        width = column_width(self.projection_dim)
+        self.scratch_bytes = None if scratch_bytes is None else int(scratch_bytes)
+        width = column_width(self.projection_dim, self.scratch_bytes, kind)
         self.bounds = [
             (s, min(s + width, self.num_params)) for s in range(0, self.num_params, width)
         ]
         itemsize = torch.tensor([], dtype=dtype).element_size()
         self._cache: list[Tensor] | None = None
-        self._row_key: Tensor | None = None
-        self._col_keys: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         if self.projection_dim * self.num_params * itemsize <= cache_bytes:
             self._cache = [self._block(s, e) for s, e in self.bounds]
 
-    def _block(self, start: int, stop: int) -> Tensor:
+    def _block(self, start: int, stop: int, row_key: Tensor | None = None) -> Tensor:
         return projection_block(
-            self.projection_dim, start, stop, self.kind, self.seed, self.dtype, self.device
+            self.projection_dim, start, stop, self.kind, self.seed, self.dtype, self.device, row_key
         )
 
     def __call__(self, gradients: Tensor | Sequence[Tensor]) -> Tensor:
@@ -190,6 +248,12 @@ class RandomProjection:
         # accumulate over column blocks in at least float32 (bf16/fp16 sums drift badly)
         acc_dtype = torch.promote_types(first.dtype, torch.float32)
         out = torch.zeros(first.shape[0], self.projection_dim, device=first.device, dtype=acc_dtype)
+        # K int32 row keys for this call (at most a quarter of one column's scratch)
+        row_key = (
+            None
+            if self._cache is not None
+            else row_keys(self.projection_dim, self.seed, self.device)
+        )
         for i, (start, stop) in enumerate(self.bounds):
             pieces = [
                 part[:, max(start, lo) - lo : min(stop, hi) - lo]
@@ -197,8 +261,8 @@ class RandomProjection:
                 if lo < stop and hi > start
             ]
             columns = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-            block = self._cache[i] if self._cache is not None else self._block(start, stop)
-            out.addmm_(columns.to(acc_dtype), block.T.to(acc_dtype))
+            block = self._cache[i] if self._cache is not None else self._block(start, stop, row_key)
+            accumulate_product(out, columns, block.T, self.precision)
         return (out / math.sqrt(self.projection_dim)).to(first.dtype)
 
     def _use_triton(self, first: Tensor) -> bool:
@@ -210,16 +274,25 @@ class RandomProjection:
         return triton_projection.available()
 
     def _triton_project(self, parts: list[Tensor], offsets: list[int]) -> Tensor:
-
         first = parts[0]
         device = first.device
-        if self._row_key is None or self._row_key.device != device:
-            self._row_key = row_keys(self.projection_dim, self.seed, device)
-            self._col_keys = {}
+        row_key = row_keys(self.projection_dim, self.seed, device)
         out = torch.zeros(first.shape[0], self.projection_dim, device=device, dtype=torch.float32)
+        # column keys (8 bytes per column, about 32 while they are hashed) take at most half of
+        # the scratch at a time; the partial sums get the other half
+        scratch = triton_projection.MAX_PARTIAL_BYTES
+        if self.scratch_bytes is not None:
+            scratch = min(scratch, self.scratch_bytes)
+        width = max(1, scratch // 64)
         for part, lo, hi in zip(parts, offsets[:-1], offsets[1:]):
-            if (lo, hi) not in self._col_keys:
-                self._col_keys[(lo, hi)] = column_keys(lo, hi, self.seed, device)
-            col_key, col_key2 = self._col_keys[(lo, hi)]
-            triton_projection.project_accumulate(part, self._row_key, col_key, col_key2, out)
+            for start in range(lo, hi, width):
+                stop = min(start + width, hi)
+                col_key, col_key2 = column_keys(start, stop, self.seed, device)
+                piece = part[:, start - lo : stop - lo]  # a view: rows keep their stride
+                if self.precision == "bf16":
+                    piece = piece.to(torch.bfloat16)
+                with tf32_matmul(self.precision == "tf32"):
+                    triton_projection.project_accumulate(
+                        piece, row_key, col_key, col_key2, out, scratch_bytes=scratch // 2
+                    )
         return (out / math.sqrt(self.projection_dim)).to(first.dtype)

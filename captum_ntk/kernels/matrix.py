@@ -6,18 +6,35 @@ matrix is assembled blockwise within ``memory_limit`` (:mod:`captum_ntk.kernels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..engine.budget import (
+    BLOCK_SHARE,
+    CACHE_SHARE,
+    FEATURE_SHARE,
+    SCRATCH_SHARE,
+    WORK_SHARE,
+    MemoryBudgetError,
+    pass_bytes,
+)
 from ..engine.features import FeatureMap
+from ..engine.gram import GRAM_KERNELS, GramFeatures
 from ..engine.inputs import ModelInputs
+from ..engine.kronecker import KroneckerFeatures
 from ..engine.model import ModelFunction, check_mode
-from ..engine.projection import RandomProjection
+from ..engine.precision import PRECISIONS, check_precision
+from ..engine.projection import default_projection_dim
+from ..engine.projection_kinds import check_projection, make_projection
 from .assembly import FeatureCache, assemble_kernel
 from .registry import kernel_spec
+
+#: Values of ``engine``: how exact gradient kernels are computed.
+ENGINES = ("auto", "jacobian", "gram")
 
 #: Largest automatic batch size.
 MAX_AUTO_BATCH = 256
@@ -39,12 +56,14 @@ def build_feature_map(
     kernel: str,
     *,
     layers: Sequence[str] | str | None = None,
-    projection_dim: int = 10240,
+    projection_dim: int | None = None,
     projection: str = "rademacher",
     seed: int = 0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     memory_limit: int | None = None,
+    engine: str = "auto",
+    precision: str = "fp32",
 ) -> FeatureMap:
     r"""The feature map whose inner products give ``kernel`` (before normalisation).
 
@@ -55,49 +74,149 @@ def build_feature_map(
         the resolved budget (``memory_limit`` or the device default).
     """
     differentiate = kernel_spec(kernel).differentiates
+    _check_projection_options(kernel, projection, precision)
+    use_gram = _use_gram(kernel, engine)
     function = ModelFunction(
         model, layers if differentiate else None, device, dtype, differentiate=differentiate
     )
     limit = memory_limit if memory_limit is not None else default_memory_limit(function.device)
-    fmap = _feature_map(function, kernel, layers, projection_dim, projection, seed, limit)
+    if use_gram:
+        spec = kernel_spec(kernel)
+        fmap: FeatureMap = GramFeatures(
+            function, per_class=spec.per_class, summed=kernel in ("pntk0", "pntk")
+        )
+    else:
+        fmap = _feature_map(
+            function, kernel, layers, projection_dim, projection, seed, limit, precision
+        )
     fmap.memory_limit = limit
     return fmap
+
+
+def _check_projection_options(kernel: str, projection: str, precision: str) -> None:
+    """Refuses unknown projections and precisions, and reduced precision for exact kernels."""
+    check_projection(projection)
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose one of {PRECISIONS}.")
+    if precision != "fp32" and not kernel_spec(kernel).projected:
+        raise ValueError(
+            f"precision={precision!r} sets the arithmetic of projection matmuls; {kernel!r} is "
+            "not a projected kernel. Use precision='fp32' (the default) or a proj_* kernel."
+        )
+
+
+def _use_gram(kernel: str, engine: str) -> bool:
+    """Whether ``engine`` means the per-layer Gram engine for ``kernel`` (errors for bad pairs)."""
+    if engine not in ENGINES:
+        raise ValueError(f"Unknown engine {engine!r}; choose one of {ENGINES}.")
+    kernel_spec(kernel)
+    if engine == "gram" and kernel not in GRAM_KERNELS:
+        raise ValueError(
+            f"engine='gram' computes the exact gradient kernels {GRAM_KERNELS}, not "
+            f"{kernel!r}; use engine='auto' or engine='jacobian'."
+        )
+    return engine != "jacobian" and kernel in GRAM_KERNELS
 
 
 def _feature_map(
     function: ModelFunction,
     kernel: str,
     layers: Sequence[str] | str | None,
-    projection_dim: int,
+    projection_dim: int | None,
     projection: str,
     seed: int,
     memory_limit: int,
+    precision: str = "fp32",
 ) -> FeatureMap:
     spec = kernel_spec(kernel)
     proj = None
     if spec.projected:
-        proj = RandomProjection(
+        check_precision(precision, function.device)  # tf32 needs CUDA
+        if projection_dim is None:
+            projection_dim = default_projection_dim(function.num_params)
+        if projection == "kronecker":  # a per-layer feature map, its own estimator
+            summed = kernel == "proj_pntk"
+            return KroneckerFeatures(function, projection_dim, seed, summed, precision)
+        proj = make_projection(
+            projection,
             function.num_params,
             projection_dim,
-            projection,
             seed,
             device=function.device,
             dtype=function.dtype,
-            cache_bytes=memory_limit // 4,
+            cache_bytes=memory_limit // CACHE_SHARE,
+            scratch_bytes=memory_limit // SCRATCH_SHARE,
+            precision=precision,
         )
     return spec.build(function, layers, proj)
 
 
-def auto_batch_size(fmap: FeatureMap, inputs: ModelInputs, memory_limit: int) -> int:
-    r"""Examples per block so one block's gradients (B x C x P, or B x P for the pNTK kernels)
-    take at most a quarter of the budget."""
-    if not fmap.uses_gradients:
-        return MAX_AUTO_BATCH
+def _needs(fmap: FeatureMap, inputs: ModelInputs) -> dict[str, tuple[int, int, str]]:
+    """Bytes one example needs in each budget share: (bytes, share divisor, description)."""
     function = fmap.function
-    itemsize = torch.tensor([], dtype=function.dtype).element_size()
-    rows = function.num_outputs(inputs) if fmap.per_logit else 1
-    per_example = rows * function.num_params * itemsize
-    return int(max(1, min(MAX_AUTO_BATCH, memory_limit // (4 * per_example))))
+    feature = max(1, math.ceil(fmap.example_bytes(inputs)))
+    activations = function.activation_bytes(inputs)
+    if fmap.uses_gradients:
+        work = pass_bytes(1, 1, function.num_params * fmap.itemsize, activations)
+        what = "one gradient pass over one example and one logit (with autograd intermediates)"
+    else:
+        work, what = activations + feature, "one example's forward pass"
+    entry = fmap.itemsize * (function.num_outputs(inputs) ** 2 if fmap.per_class else 1)
+    needs = {
+        "features": (feature, FEATURE_SHARE, "features of one example"),
+        "pass": (work, WORK_SHARE, what),
+        "block": (entry, BLOCK_SHARE, "one kernel entry"),
+    }
+    projection = getattr(fmap, "projection", None)
+    if getattr(projection, "scratch_bytes", None) is not None:
+        column = 16 * projection.projection_dim  # one generated column of K entries
+        needs["scratch"] = (column, SCRATCH_SHARE, "one generated projection column")
+    return needs
+
+
+def minimum_memory_limit(fmap: FeatureMap, inputs: ModelInputs) -> int:
+    r"""The smallest ``memory_limit`` with which ``fmap`` can compute one example.
+
+    Args:
+        fmap (FeatureMap): the feature map.
+        inputs (ModelInputs): examples (one is probed).
+
+    Returns:
+        int: bytes.
+    """
+    return max(size * share for size, share, _ in _needs(fmap, inputs).values())
+
+
+def auto_batch_size(fmap: FeatureMap, inputs: ModelInputs, memory_limit: int) -> int:
+    r"""Examples per block within ``memory_limit`` (at most 256).
+
+    One block's features take at most a quarter of the budget (B x C x P numbers for the
+    exact trace/full NTK, B x P for the pNTK, B x C x K / B x K for projected kernels, the
+    layer activations for ck/embedding), one kernel block (B x B, or B x B x C x C for entk)
+    a sixteenth, and for activation kernels one block's forward pass a quarter. Gradient
+    passes are chunked over examples and classes separately (see
+    :func:`captum_ntk.engine.budget.pass_sizes`).
+
+    Raises:
+        MemoryBudgetError: (a ValueError) if even one example does not fit.
+    """
+    needs = _needs(fmap, inputs)
+    minimum = max(size * share for size, share, _ in needs.values())
+    if memory_limit < minimum:
+        detail = "; ".join(
+            f"{what}: {size:,} bytes (1/{share} of the budget)"
+            for size, share, what in needs.values()
+        )
+        raise MemoryBudgetError(
+            f"memory_limit={memory_limit:,} bytes is too small for this kernel and model: "
+            f"{detail}. Pass memory_limit >= {minimum:,} (or None for the device default), "
+            "select fewer parameters with `layers`, or use a projected kernel."
+        )
+    batch = min(MAX_AUTO_BATCH, (memory_limit // FEATURE_SHARE) // needs["features"][0])
+    batch = min(batch, math.isqrt(memory_limit // BLOCK_SHARE // needs["block"][0]))
+    if not fmap.uses_gradients:
+        batch = min(batch, (memory_limit // WORK_SHARE) // needs["pass"][0])
+    return int(max(1, batch))
 
 
 def kernel_matrix(
@@ -107,7 +226,7 @@ def kernel_matrix(
     kernel: str = "trntk",
     *,
     layers: Sequence[str] | str | None = None,
-    projection_dim: int = 10240,
+    projection_dim: int | None = None,
     projection: str = "rademacher",
     seed: int = 0,
     batch_size: int | None = None,
@@ -117,6 +236,8 @@ def kernel_matrix(
     memory_limit: int | None = None,
     eval_mode: bool = False,
     output_device: torch.device | str = "cpu",
+    engine: str = "auto",
+    precision: str = "fp32",
 ) -> Tensor:
     r"""Computes an NTK-style kernel between two sets of inputs of a model.
 
@@ -137,24 +258,65 @@ def kernel_matrix(
                 ``requires_grad``). ``ck``: the module whose input is the embedding
                 (default: the last ``nn.Linear``). ``embedding``: the modules whose outputs
                 are concatenated (default: every leaf module with parameters).
-        projection_dim (int): K for projected kernels; must be < P (else ValueError: use
-                the exact kernel). Default: 10240 as in the paper.
-        projection (str): "rademacher" or "gaussian" entries. Default: "rademacher".
+        projection_dim (int, optional): K for projected kernels; must be < P (else
+                ValueError: use the exact kernel). Default: None, which means
+                ``min(10240, 2 ** floor(log2(P / 4)))`` (at least 1): the largest power of two
+                not above a quarter of P, capped at the paper's 10240 (reached for
+                P >= 65536), e.g. 2048 for P = 8970. See
+                :func:`captum_ntk.engine.projection.default_projection_dim`.
+        projection (str): how projected kernels project gradients. "rademacher" (default) or
+                "gaussian": the paper's dense i.i.d. K x P matrix. "sjlt": a sparse
+                Johnson-Lindenstrauss transform, 4 nonzeros +-1/2 per column (s P additions
+                per gradient instead of K P multiply-adds; unbiased). "kronecker": per-layer
+                Kronecker factors ``P_out (x) P_in`` applied to layer inputs and output
+                gradients without forming per-example gradients (Linear and groups-1 Conv;
+                other parameters dense-projected); unbiased, but a different estimator with
+                more variance: report it as the Kronecker variant. See
+                :mod:`captum_ntk.engine.projection_kinds`.
         seed (int): projection seed. The same seed gives the same kernel whatever
                 ``batch_size``, ``memory_limit`` or device, up to floating-point rounding.
         batch_size (int, optional): examples per block. Default: as many as keep one
-                block's Jacobian (B x C x P) within a quarter of ``memory_limit`` (<= 256).
+                block's features (B x C x P for the exact trace/full NTK with
+                ``engine="jacobian"``, B x C x K for ``proj_trntk``, ...) within a quarter of
+                ``memory_limit`` and one kernel block within a sixteenth (<= 256). An
+                explicit value takes precedence over ``memory_limit`` for the features held.
         device (torch.device or str, optional): compute device. Default: the model's.
         dtype (torch.dtype, optional): compute dtype. Default: the model's parameter
                 dtype (a float64 model gives a float64 kernel).
         show_progress (bool): show a progress bar over blocks.
-        memory_limit (int, optional): bytes of features held at once (a row group of
-                blocks plus kept column blocks); peak memory is about this plus one block's
-                Jacobian and the autograd intermediates of one block. Default: 2 GiB on the
+        memory_limit (int, optional): M, a budget in bytes for the memory the computation
+                allocates beyond the model (its parameters and buffers, and one converted
+                copy of them if ``device``/``dtype`` differ from the model's), the inputs and
+                the returned kernel. It is shared as: M/4 for the features of the row group
+                of blocks being processed; M/4 for column features kept across row groups
+                (only if all of them fit, else one column block at a time); M/4 for one
+                gradient pass, a chunk of examples x classes of the Jacobian (examples x
+                classes x P numbers, classes chunked when one example's C x P Jacobian does
+                not fit) with its autograd intermediates; M/8 for the cached K x P projection
+                matrix (cached only if it fits, else generated blockwise per pass); M/16 for
+                projection scratch; M/16 for one kernel block. Autograd intermediates are
+                estimated from the bytes of every tensor one probe example's forward pass
+                creates, so the bound is approximate: with the automatic ``batch_size`` no
+                single tensor exceeds M and the memory allocated at once stays below 2 M
+                (checked by allocation tracking in the test suite for
+                ``engine="jacobian"``, the projected and the activation kernels). A ValueError
+                (``MemoryBudgetError``) is raised before any work when one example with one
+                logit does not fit; it names the smallest valid value. Default: 2 GiB on the
                 CPU, half the free memory on CUDA.
         eval_mode (bool): if the model has BatchNorm or dropout in train mode, compute the
                 kernel of its eval-mode function instead of refusing (flags restored after).
         output_device (torch.device or str): where the result is returned. Default: CPU.
+        engine (str): how exact gradient kernels (entk, trntk0, trntk, pntk0, pntk) are
+                computed. "jacobian": contract per-example Jacobians from ``torch.func``.
+                "gram": per-layer Grams of layer inputs and output gradients (Linear, Conv,
+                Embedding; normalisation layers materialised; other parameters through the
+                Jacobian path), raising for other kernels. "auto" (default): "gram" for the
+                exact gradient kernels, "jacobian" for the rest.
+        precision (str): arithmetic of the projection matmuls of projected kernels (sums
+                over parameter blocks always in float32 or wider): "fp32" (default), "tf32"
+                (CUDA only; a ValueError on other devices) or "bf16" (products of bfloat16
+                gradients and matrix). A ValueError for exact kernels unless "fp32". See
+                :mod:`captum_ntk.engine.precision`.
 
     Returns:
         Tensor: the kernel, shape (N1, N2), or (N1, N2, C, C) for ``entk``. Cosine-normalised
@@ -181,13 +343,16 @@ def kernel_matrix(
             device=device,
             dtype=dtype,
             memory_limit=memory_limit,
+            engine=engine,
+            precision=precision,
         )
         function = fmap.function
         for x in (x1, x2):
             if x is not None:
                 function.validate(x)
         limit = fmap.memory_limit
-        bs = batch_size if batch_size is not None else auto_batch_size(fmap, x1, limit)
+        auto = auto_batch_size(fmap, x1, limit)  # also refuses a budget too small for one example
+        bs = batch_size if batch_size is not None else auto
         if bs < 1:
             raise ValueError(f"batch_size must be positive, got {bs}.")
         rows = FeatureCache(fmap, x1, bs, "inputs1")
