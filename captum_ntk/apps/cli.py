@@ -87,7 +87,7 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``captum-ntk`` (subcommand ``demo``)."""
+    """The argument parser of ``captum-ntk`` (``demo``, ``reproduce``, ``featurize``, ``score``)."""
     parser = argparse.ArgumentParser(
         prog="captum-ntk",
         description="Neural-tangent-kernel surrogate models and data attribution for PyTorch.",
@@ -97,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    _add_demo_parser(commands)
+    from .reproduce.cli import add_reproduce_parser
+
+    add_reproduce_parser(commands)
+    from .featurize import add_store_parsers
+
+    add_store_parsers(commands)
+    return parser
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
+    """The ``demo`` subcommand and its options."""
     demo = commands.add_parser(
         "demo",
         help="faithfulness table and attribution figures on sklearn's digits",
@@ -181,13 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-plots", action="store_true", help="skip the figures")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from .reproduce.cli import add_reproduce_parser
-
-    add_reproduce_parser(commands)
-    from .featurize import add_store_parsers
-
-    add_store_parsers(commands)
-    return parser
 
 
 def _run_demo(args: argparse.Namespace) -> int:

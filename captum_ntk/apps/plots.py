@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,6 +125,26 @@ def plot_class_attribution(
     n_classes = max(2, n_logits, int(train_labels.max()) + 1 if n_train else 0)
     names = _names(class_names, n_classes)
 
+    fig = Figure(figsize=(12.5, 4.8), layout="constrained")
+    ax_heat, ax_dist = fig.subplots(1, 2, width_ratios=(1, 1.45))
+    _class_heatmap(fig, ax_heat, attributions, train_labels, names, n_logits, n_classes)
+    _predicted_class_violins(ax_dist, attributions, test_pred, train_labels, names, n_classes, seed)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path, dpi)
+    return fig
+
+
+def _class_heatmap(
+    fig: Figure,
+    ax_heat: Any,
+    attributions: Tensor,
+    train_labels: Tensor,
+    names: list[str],
+    n_logits: int,
+    n_classes: int,
+) -> None:
+    """Panel (a): mean attribution of a training example of each class to each logit."""
     # (a) mean over test examples and over training examples of each class
     per_logit = attributions.mean(dim=0)  # (C, n_train)
     heat = torch.full((n_logits, n_classes), float("nan"), dtype=torch.float64)
@@ -132,8 +153,6 @@ def plot_class_attribution(
         if bool(members.any()):
             heat[:, k] = per_logit[:, members].mean(dim=1)
 
-    fig = Figure(figsize=(12.5, 4.8), layout="constrained")
-    ax_heat, ax_dist = fig.subplots(1, 2, width_ratios=(1, 1.45))
     limit = float(np.nanmax(np.abs(heat.numpy()))) if bool(torch.isfinite(heat).any()) else 1.0
     limit = limit if limit > 0 else 1.0
     image = ax_heat.imshow(
@@ -162,6 +181,17 @@ def plot_class_attribution(
                     )
     fig.colorbar(image, ax=ax_heat, shrink=0.85)
 
+
+def _predicted_class_violins(
+    ax_dist: Any,
+    attributions: Tensor,
+    test_pred: Tensor,
+    train_labels: Tensor,
+    names: list[str],
+    n_classes: int,
+    seed: int,
+) -> None:
+    """Panel (b): attributions to the predicted logit by training class, same vs other."""
     # (b) attributions to the predicted class, per training class, same vs other prediction
     toward = predicted_class_attributions(attributions, test_pred)  # (n_test, n_train)
     generator = np.random.default_rng(seed)
@@ -205,10 +235,6 @@ def plot_class_attribution(
     ax_dist.set_ylabel("attribution to the predicted class")
     ax_dist.set_title("(b) attributions to the predicted logit, by training class")
     ax_dist.legend(loc="upper right", fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    _save(fig, path, dpi)
-    return fig
 
 
 def _as_images(images: Tensor) -> np.ndarray:

@@ -142,7 +142,16 @@ def validate_inputs(model: nn.Module, inputs: Mapping[str, Any]) -> None:
             "(B, T): add a batch dimension with unsqueeze(0)"
         )
     batch_size, seq_len = reference.shape[:2]
+    _check_token_ids(model, features, batch_size, seq_len)
+    lengths = _check_attention_mask(model, features, batch_size, seq_len)
+    _check_lengths(model, lengths, seq_len)
 
+
+def _check_token_ids(
+    model: nn.Module, features: Mapping[str, Tensor], batch_size: int, seq_len: int
+) -> None:
+    """Token-id tensors: integer dtype, (B, T) shape, ids within the model's vocabularies."""
+    model_name = type(model).__name__
     for key in _TOKEN_ID_KEYS:
         if key not in features:
             continue
@@ -175,6 +184,12 @@ def validate_inputs(model: nn.Module, inputs: Mapping[str, Any]) -> None:
                 f"inputs['token_type_ids'] holds {largest} but config.type_vocab_size is {type_vocab}"
             )
 
+
+def _check_attention_mask(
+    model: nn.Module, features: Mapping[str, Tensor], batch_size: int, seq_len: int
+) -> Tensor | None:
+    """A 2-D 0/1 (B, T) or prepared 4-D mask; returns the (B,) real lengths of a 2-D mask."""
+    config = getattr(model, "config", None)
     mask = features.get("attention_mask")
     lengths = None
     if mask is not None:
@@ -201,7 +216,12 @@ def validate_inputs(model: nn.Module, inputs: Mapping[str, Any]) -> None:
                 "attention_mask.",
                 stacklevel=2,
             )
+    return lengths
 
+
+def _check_lengths(model: nn.Module, lengths: Tensor | None, seq_len: int) -> None:
+    """No sequence (nor the padded batch) longer than the position embeddings allow."""
+    model_name = type(model).__name__
     limit = _max_sequence_length(model)
     if limit is not None:
         longest = int(lengths.max()) if lengths is not None and lengths.numel() else seq_len
