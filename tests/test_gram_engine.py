@@ -320,6 +320,35 @@ def test_module_called_differently_in_a_later_block_raises():
         cn.kernel_matrix(model, M.mlp_inputs(7), engine="gram", batch_size=5)
 
 
+class BatchCentred(nn.Module):
+    """Hidden units centred over the batch: each example's output depends on the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.inp(x))
+        return self.out(h - 0.5 * h.mean(dim=0, keepdim=True))
+
+
+@pytest.mark.parametrize("kernel", ["trntk0", "entk"])
+def test_forward_mixing_examples_falls_back_to_per_example_jacobians(kernel):
+    """The layer after the mixing passes the gradient check; the logits comparison catches it."""
+    model = _randomise(BatchCentred().double(), 2).eval()
+    check_kernel(model, M.mlp_inputs(5, 1), M.mlp_inputs(3, 2), kernel, batch_size=3)
+    fmap = forms(model, M.mlp_inputs(4))
+    assert fmap.layer_forms() == {}
+    assert "depends on the other examples" in fmap.not_covered["out"]
+
+
+def test_forward_mixing_examples_after_a_one_example_plan_raises():
+    model = _randomise(BatchCentred().double(), 2).eval()
+    with pytest.raises(RuntimeError, match="engine='jacobian'"):
+        cn.kernel_matrix(model, M.mlp_inputs(1), M.mlp_inputs(4), engine="gram")
+
+
 # ------------------------------------------------------------------------------------------------
 # engine selection and errors
 # ------------------------------------------------------------------------------------------------

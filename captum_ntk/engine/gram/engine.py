@@ -27,13 +27,51 @@ from torch import Tensor
 
 from ..features import FeatureMap, JacobianFeatures, SummedGradientFeatures
 from ..inputs import ModelInputs
-from ..model import ModelFunction, batch_statistics_modules, stochastic_train_mode_modules
+from ..model import (
+    ModelFunction,
+    _as_2d,
+    batch_statistics_modules,
+    stochastic_train_mode_modules,
+)
 from .capture import Capture, forward_capture, output_gradients
 from .contract import GramPiece, per_class_inner, trace_inner, trace_sq_norms
 from .layers import LayerRule, make_rule
 
 #: Examples of the first block used to make the plan (and to estimate feature sizes).
 PLAN_EXAMPLES = 4
+
+#: Why every parameter goes to the Jacobian path when the forward pass mixes examples.
+MIXED_BATCH = (
+    "the model's output for an example depends on the other examples of the block (an "
+    "operation across the batch dimension), so per-layer gradients of the block are not "
+    "per-example gradients"
+)
+
+
+def mixes_examples(function: ModelFunction, prepared: ModelInputs, logits: Tensor) -> bool:
+    r"""Whether a block's logits differ from those of its examples run one at a time.
+
+    Args:
+        function (ModelFunction): the model function.
+        prepared (ModelInputs): a block of B >= 2 examples, already prepared.
+        logits (Tensor): (B, C), the block's logits from one batched forward pass.
+
+    Returns:
+        bool: True when some example's logits change with the rest of the block (for
+        instance ``h - h.mean(0)`` in ``forward``); the per-example kernels are then those of
+        one-example forward passes, which only the Jacobian path computes.
+    """
+    with torch.no_grad(), function.context():
+        single = torch.cat(
+            [
+                _as_2d(function._call(function.params, part.args, part.kwargs), 1)
+                for part in (prepared.slice(i, i + 1) for i in range(prepared.num_examples))
+            ]
+        )
+    batched = logits.detach()
+    tol = min(1e4 * torch.finfo(batched.dtype).eps, 1e-2)
+    scale = max(float(batched.abs().max()), float(single.abs().max()), 1e-30)
+    return float((single - batched).abs().max()) > tol * scale
 
 
 class GramBlocks:
@@ -134,6 +172,8 @@ class GramFeatures(FeatureMap):
         self.not_covered: dict[str, str] = {}
         self.num_outputs: int | None = None
         self._example_bytes: int | None = None
+        #: whether a block of >= 2 examples has been checked for examples mixing
+        self._batch_checked = False
 
     # ------------------------------------------------------------------ plan
     def _combinations(self, num_logits: int) -> Tensor:
@@ -159,6 +199,12 @@ class GramFeatures(FeatureMap):
         prepared = function.prepare(inputs)
         record = forward_capture(function, prepared, candidates)
         batch = prepared.num_examples
+        if batch > 1:
+            self._batch_checked = True
+            if mixes_examples(function, prepared, record.logits):
+                self.not_covered.update({rule.name: MIXED_BATCH for rule in candidates})
+                self.rules, self.fallback = [], function
+                return
         usable = []
         for rule in candidates:
             problem = record.problem(rule, batch)
@@ -238,6 +284,13 @@ class GramFeatures(FeatureMap):
         prepared = function.prepare(inputs)
         record = forward_capture(function, prepared, self.rules)
         batch = prepared.num_examples
+        if batch > 1 and not self._batch_checked:
+            self._batch_checked = True
+            if self.rules and mixes_examples(function, prepared, record.logits):
+                raise RuntimeError(
+                    f"The Gram engine was planned on a one-example block, but {MIXED_BATCH}. "
+                    "Use engine='jacobian' for this model."
+                )
         for rule in self.rules:
             problem = record.problem(rule, batch)
             if problem is not None:
