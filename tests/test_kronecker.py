@@ -125,3 +125,32 @@ def test_kernel_matrix_and_attribution_with_kronecker() -> None:
     )
     scores = attr.influence((x1, torch.zeros(4, dtype=torch.long)))
     assert float((scores - ref).abs().max()) < 1e-12
+
+
+def test_forward_mixing_examples_takes_the_dense_projection() -> None:
+    """A model whose forward centres hidden units over the batch: no layer may be factored."""
+    from torch import nn
+
+    class Centred(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.out = nn.Linear(6, 5), nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.inp(x))
+            return self.out(h - 0.5 * h.mean(dim=0, keepdim=True))
+
+    torch.manual_seed(0)
+    model = Centred().double().eval()
+    x = mlp_inputs(4)
+    fmap = KroneckerFeatures(ModelFunction(model), 20, seed=0)
+    feats = fmap(ModelInputs.from_user(x, "x"))
+    assert fmap.layers == [] and "depends on the other examples" in fmap.not_covered["out"]
+    grads = ref_gradients(model, x, library_parameters(model))  # one example at a time
+    k = fmap.rest_projection.projection_dim
+    dense = projection_matrix(grads.shape[-1], k, seed=fmap.rest_projection.seed)
+    assert float((feats - grads @ dense.T / math.sqrt(k)).abs().max()) < 1e-12
+    late = KroneckerFeatures(ModelFunction(model), 20, seed=0)
+    late.plan(ModelInputs.from_user(x[:1], "x"))
+    with pytest.raises(RuntimeError, match="projection='rademacher'"):
+        late(ModelInputs.from_user(x, "x"))

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .features import FeatureMap
 from .gram import GramFeatures
 from .gram.capture import forward_capture, output_gradients
-from .gram.engine import PLAN_EXAMPLES, restricted_function
+from .gram.engine import MIXED_BATCH, PLAN_EXAMPLES, mixes_examples, restricted_function
 from .gram.layers import AffineRule
 from .inputs import ModelInputs
 from .model import ModelFunction, batch_statistics_modules, stochastic_train_mode_modules
@@ -197,6 +197,8 @@ class KroneckerFeatures(FeatureMap):
         #: module name -> why its parameters take the dense projection
         self.not_covered: dict[str, str] = {}
         self.feature_dim: int | None = None
+        #: whether a block of >= 2 examples has been checked for examples mixing
+        self._batch_checked = False
 
     def plan(self, inputs: ModelInputs) -> None:
         """Chooses the covered layers (verified by the Gram engine's check) and the factors."""
@@ -205,6 +207,7 @@ class KroneckerFeatures(FeatureMap):
         gram.memory_limit = self.memory_limit
         gram.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
         self.not_covered = dict(gram.not_covered)
+        self._batch_checked = gram._batch_checked
         rules = []
         for rule in gram.rules or []:
             if _kroneckerable(rule):
@@ -261,7 +264,15 @@ class KroneckerFeatures(FeatureMap):
         b = inputs.num_examples
         if not self.layers:
             return torch.zeros(b, combos.shape[0], 0, dtype=function.dtype, device=function.device)
-        record = forward_capture(function, function.prepare(inputs), [x.rule for x in self.layers])
+        prepared = function.prepare(inputs)
+        record = forward_capture(function, prepared, [x.rule for x in self.layers])
+        if b > 1 and not self._batch_checked:
+            self._batch_checked = True
+            if mixes_examples(function, prepared, record.logits):
+                raise RuntimeError(
+                    f"The Kronecker projection was planned on a one-example block, but "
+                    f"{MIXED_BATCH}. Use projection='rademacher' for this model."
+                )
         for layer in self.layers:
             problem = record.problem(layer.rule, b)
             if problem is not None:
