@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from ...kernels import KERNELS, kernel_names
 from ..models import DigitsCNN, DigitsMLP
 
 __all__ = [
@@ -26,17 +27,8 @@ __all__ = [
 ]
 
 #: Kernels with a kGLM, in table order (``entk`` is (N, N, C, C) and has none).
-ALL_KERNELS: tuple[str, ...] = (
-    "trntk",
-    "trntk0",
-    "pntk",
-    "pntk0",
-    "proj_trntk",
-    "proj_pntk",
-    "ck",
-    "embedding",
-)
-PROJECTED_KERNELS = ("proj_trntk", "proj_pntk")
+ALL_KERNELS: tuple[str, ...] = kernel_names(attributable=True)
+PROJECTED_KERNELS = tuple(k for k in ALL_KERNELS if KERNELS[k].projected)
 #: Kernel of the figures and of the label-fitted vs distilled comparison (the paper's reference).
 FIGURE_KERNEL = "trntk"
 #: The kGLM target of Engel et al. (Eq. 1): cross-entropy on the true labels.

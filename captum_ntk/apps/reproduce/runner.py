@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ...engine.parameters import num_parameters
+from ...kernels import kernel_names
 from .data import RowData, load_row_data
 from .estimate import estimate_seconds, format_duration
 from .evaluate import PROJECTED, KernelResult, evaluate_kernel, store_supported
@@ -29,7 +30,7 @@ from .training import train_model
 
 __all__ = ["ReproduceConfig", "run_reproduce"]
 
-KERNEL_CHOICES = ("trntk", "trntk0", "pntk", "pntk0", "proj_trntk", "proj_pntk", "ck", "embedding")
+KERNEL_CHOICES = kernel_names(attributable=True)  # every kernel with a kGLM, from the registry
 #: An estimated CPU time above this is announced with a suggestion.
 HEAVY_SECONDS = 600.0
 
