@@ -897,3 +897,55 @@ def test_influence_argument_errors(mlp: Case) -> None:
         attr.influence((x, mlp.test_y + 3), k=2, rank_by="attribution")
     with pytest.raises(ValueError, match="integer class indices"):
         attr.influence((x, mlp.test_y + 0.5), rank_by="attribution")
+
+
+# ---------------------------------------------------------------- projection options
+
+
+def _projection_setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()  # P = 147
+    gen = torch.Generator().manual_seed(2)
+    train = TensorDataset(torch.randn(N_TRAIN, 5, generator=gen, dtype=torch.float64))
+    test = torch.randn(N_TEST, 5, generator=gen, dtype=torch.float64)
+    return model, train, test
+
+
+def test_projection_dim_defaults_to_the_rule_for_p():
+    """No projection_dim: K = 2 ** floor(log2(147 / 4)) = 32 (below the 10240 cap)."""
+    model, train, test = _projection_setup()
+    for cls, kernel in (
+        (cn.ProjPNTKAttribution, "proj_pntk"),
+        (cn.ProjTrNTKAttribution, "proj_trntk"),
+    ):
+        attr = cls(model, train, batch_size=4)
+        assert attr.feature_map.projection.projection_dim == 32
+        expected = cn.kernel_matrix(model, test, train.tensors[0], kernel=kernel, projection_dim=32)
+        torch.testing.assert_close(attr.influence(test), expected, rtol=KERNEL_TOL, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"projection": "sjlt"},
+        {"projection": "gaussian", "seed": 3},
+        {"projection": "kronecker", "projection_dim": 16},
+        {"precision": "bf16", "projection_dim": 16},
+    ],
+)
+def test_projection_kind_and_precision_pass_through(options):
+    model, train, test = _projection_setup()
+    attr = cn.ProjPNTKAttribution(model, train, batch_size=4, **options)
+    expected = cn.kernel_matrix(model, test, train.tensors[0], kernel="proj_pntk", **options)
+    default = cn.kernel_matrix(model, test, train.tensors[0], kernel="proj_pntk")
+    torch.testing.assert_close(attr.influence(test), expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(expected, default)  # the option changed the kernel
+
+
+def test_engine_passes_through_to_exact_kernels():
+    model, train, test = _projection_setup()
+    with pytest.raises(ValueError, match="engine='gram'"):
+        cn.ProjPNTKAttribution(model, train, engine="gram")
+    jac = cn.TrNTKAttribution(model, train, batch_size=4, engine="jacobian")
+    gram = cn.TrNTKAttribution(model, train, batch_size=4, engine="gram")
+    torch.testing.assert_close(jac.influence(test), gram.influence(test), rtol=1e-10, atol=1e-12)

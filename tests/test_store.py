@@ -4,6 +4,7 @@ SIGKILL, streaming top-k and the featurize / score subcommands."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,14 +69,53 @@ def test_kernel_matrix_store_argument(tmp_path):
     model = _mlp()
     x = torch.randn(12, 5, dtype=torch.float64)
     reference = cn.kernel_matrix(model, x, kernel="proj_pntk", projection_dim=32, batch_size=4)
-    try:
-        stored = cn.kernel_matrix(
-            model, x, kernel="proj_pntk", projection_dim=32, batch_size=4, store=tmp_path
-        )
-    except TypeError:
-        pytest.skip("kernel_matrix has no store= argument yet")
+    stored = cn.kernel_matrix(
+        model, x, kernel="proj_pntk", projection_dim=32, batch_size=4, store=tmp_path
+    )
     torch.testing.assert_close(stored, reference, rtol=1e-12, atol=1e-12)
     assert (tmp_path / "kernel.npy").exists()
+
+
+def _count_features(monkeypatch, cls) -> list[int]:
+    """Patches ``cls.__call__`` to record the number of examples of every call."""
+    calls: list[int] = []
+    original = cls.__call__
+
+    def counted(self, inputs):
+        calls.append(len(inputs))
+        return original(self, inputs)
+
+    monkeypatch.setattr(cls, "__call__", counted)
+    return calls
+
+
+def test_kernel_matrix_store_second_call_reads_it(tmp_path, monkeypatch):
+    from captum_ntk.engine.features import ProjectedSummedGradientFeatures
+
+    model = _mlp()  # P = 147: the default K is 32
+    x, x2 = torch.randn(11, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    calls = _count_features(monkeypatch, ProjectedSummedGradientFeatures)
+    common = {"kernel": "proj_pntk", "batch_size": 4, "store": tmp_path}
+    first = cn.kernel_matrix(model, x2, x, **common).clone()
+    assert sum(calls) > 0
+    calls.clear()
+    second = cn.kernel_matrix(model, x2, x, projection_dim=32, **common)  # the resolved default
+    assert calls == []  # nothing recomputed: features and kernel read from the store
+    assert torch.equal(first, second)
+    reference = cn.kernel_matrix(model, x2, x, kernel="proj_pntk", batch_size=4)
+    torch.testing.assert_close(second, reference, rtol=1e-12, atol=1e-12)
+    for option, field in [
+        ({"seed": 1}, "seed: stored 0, requested 1"),
+        ({"projection_dim": 16}, "projection_dim: stored 32, requested 16"),
+        ({"projection": "gaussian"}, "projection: stored 'rademacher', requested 'gaussian'"),
+        ({"precision": "bf16"}, "precision: stored 'fp32', requested 'bf16'"),
+        ({"dtype": torch.float32}, "dtype: stored 'torch.float64', requested 'torch.float32'"),
+        ({"layers": ["2"]}, "layers: stored None, requested ['2']"),
+    ]:
+        with pytest.raises(StoreMismatchError, match=re.escape(field)):
+            cn.kernel_matrix(model, x2, x, **common, **option)
+    with pytest.raises(ValueError, match="proj_pntk"):
+        cn.kernel_matrix(model, x, kernel="trntk", store=tmp_path / "exact")
 
 
 def test_mismatching_store_is_refused_naming_fields(tmp_path):
@@ -232,3 +272,80 @@ def test_exact_kernel_features_are_refused(tmp_path):
             tmp_path,
             _options("trntk"),
         )
+
+
+def _train_set(n: int = 23):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    return torch.utils.data.TensorDataset(x, torch.arange(n) % 3)
+
+
+@pytest.mark.parametrize("kernel", ["proj_pntk", "proj_trntk", "ck", "embedding"])
+def test_attribution_store_equals_in_memory_and_is_reused(tmp_path, monkeypatch, kernel):
+    model, train = _mlp(), _train_set()
+    test = (torch.randn(7, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    cls = cn.ATTRIBUTION_CLASSES[kernel]
+    memory = cls(model, train, batch_size=5)
+    stored = cls(model, train, batch_size=5, store=tmp_path)
+    assert (tmp_path / "metadata.json").exists() and len(os.listdir(tmp_path / "done")) == 5
+    fmap_cls = type(stored.feature_map)
+    calls = _count_features(monkeypatch, fmap_cls)
+    again = cls(model, train, batch_size=5, store=tmp_path)
+    sq = again.self_influence(score="norm")
+    activations = kernel in ("ck", "embedding")  # probed on one example for the layer widths
+    train_calls = [c for c in calls if c != 1] if activations else calls
+    assert train_calls == []  # no training features computed: read from the store
+    exact = dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sq, memory.self_influence(score="norm"), **exact)
+    torch.testing.assert_close(again.influence(test), memory.influence(test), **exact)
+    for proponents in (True, False):
+        top, ref = (
+            again.influence(test, k=4, proponents=proponents),
+            memory.influence(test, k=4, proponents=proponents),
+        )
+        assert torch.equal(top.indices, ref.indices)
+        torch.testing.assert_close(top.influence_scores, ref.influence_scores, **exact)
+    calls.clear()
+    train_kernel = again.compute_train_kernel()
+    assert calls == []  # the train kernel from stored features only
+    torch.testing.assert_close(train_kernel, memory.compute_train_kernel(), **exact)
+    glm, ref_glm = again.fit_surrogate(), memory.fit_surrogate()
+    torch.testing.assert_close(glm.coef_, ref_glm.coef_, **exact)
+    torch.testing.assert_close(again.attribute(test[0]), memory.attribute(test[0]), **exact)
+    torch.testing.assert_close(
+        again.self_influence(score="surrogate"), memory.self_influence(score="surrogate"), **exact
+    )
+
+
+def test_attribution_store_refusals(tmp_path):
+    model, train = _mlp(), _train_set()
+    with pytest.raises(ValueError, match=r"TrNTKAttribution\(store=\.\.\.\).*proj_pntk"):
+        cn.TrNTKAttribution(model, train, store=tmp_path / "exact")
+    assert not (tmp_path / "exact").exists()
+    cn.ProjPNTKAttribution(model, train, batch_size=5, store=tmp_path / "p")
+    with pytest.raises(StoreMismatchError, match=re.escape("seed: stored 0, requested 2")):
+        cn.ProjPNTKAttribution(model, train, batch_size=5, seed=2, store=tmp_path / "p")
+    with pytest.raises(StoreMismatchError, match="projection: stored 'rademacher', requested"):
+        cn.ProjPNTKAttribution(model, train, batch_size=5, projection="sjlt", store=tmp_path / "p")
+
+
+def test_attribution_store_refuses_a_changed_model(tmp_path):
+    """A store holds one model state: after the parameters change, calls raise (no silent
+    mixing, no recomputation into the old directory); a new directory works."""
+    model, train = _mlp(), _train_set()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    attr = cn.ProjPNTKAttribution(model, train, batch_size=5, store=tmp_path / "a")
+    before = attr.influence(x)
+    with torch.no_grad():
+        model[0].weight[0, 0] += 0.1
+    for call in (lambda: attr.influence(x), lambda: attr.self_influence()):
+        with pytest.raises(StoreMismatchError, match="changed since its training .*model_fing"):
+            call()
+    fresh = cn.ProjPNTKAttribution(model, train, batch_size=5, store=tmp_path / "b")
+    reference = cn.ProjPNTKAttribution(model, train, batch_size=5)
+    torch.testing.assert_close(fresh.influence(x), reference.influence(x), rtol=1e-12, atol=0)
+    assert not torch.allclose(fresh.influence(x), before)
+    with torch.no_grad():
+        model[0].weight[0, 0] -= 0.1
+    restored = cn.ProjPNTKAttribution(model, train, batch_size=5, store=tmp_path / "a")
+    torch.testing.assert_close(restored.influence(x), before, rtol=1e-12, atol=1e-12)

@@ -27,6 +27,7 @@ cached training features, train kernel and kGLM, and warns once
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -55,6 +56,7 @@ from .ranking import (
     surrogate_self_attributions,
 )
 from .state import ModelChangedWarning, changed_message, current_model_state
+from .stored import StoreMismatchError, model_changed_error, open_training_store
 from .surrogate_methods import SurrogateMethods
 
 #: Orders of :meth:`NTKAttribution.influence`.
@@ -93,9 +95,28 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
                 :func:`captum_ntk.kernel_matrix`).
         eval_mode (bool): compute the kernel of the eval-mode function if the model has
                 BatchNorm/dropout in train mode (flags restored afterwards).
-        **kernel_options: ``projection_dim``, ``projection``, ``seed`` for projected kernels
-                only; other options of :func:`captum_ntk.kernel_matrix`'s feature map
-                (``engine``).
+        store (str or os.PathLike, optional): a directory holding the training features and
+                squared norms on disk (:class:`~captum_ntk.store.FeatureStore`). Written at
+                construction block by block (a construction that stopped resumes; under an
+                initialised ``torch.distributed`` process group the blocks are shared out over
+                the ranks) and read afterwards, so another object on the same model, training
+                data and options computes no training features. Results equal those without
+                a store exactly. The store records the model's content fingerprint, the
+                kernel options, the dtype, N and the block size; a store written for anything
+                else raises :class:`~captum_ntk.store.StoreMismatchError` naming the fields.
+                In particular, if the model's parameters change after construction, the next
+                call raises instead of recomputing: a store belongs to one checkpoint, so
+                build a new object with a new directory for the new parameters. Fixed-size
+                features only (projected kernels; ``ck`` / ``embedding`` without per-token
+                activations), else a ValueError at construction. Default: None (in memory).
+        **kernel_options: for projected kernels only: ``projection_dim`` (K; default None,
+                which means ``min(10240, 2 ** floor(log2(P / 4)))`` for the P selected
+                parameters, see :func:`captum_ntk.engine.projection.default_projection_dim`),
+                ``projection`` (``"rademacher"`` (default), ``"gaussian"``, ``"sjlt"`` or
+                ``"kronecker"``), ``seed`` (default 0) and ``precision`` (``"fp32"``
+                (default), ``"tf32"`` or ``"bf16"``). For every kernel: the other options of
+                :func:`captum_ntk.kernel_matrix`'s feature map (``engine``: ``"auto"``,
+                ``"jacobian"`` or ``"gram"`` for the exact gradient kernels).
 
     Raises:
         TypeError: for arguments of ``captum.influence.TracInCP`` that have no meaning for a
@@ -119,6 +140,7 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
         dtype: torch.dtype | None = None,
         memory_limit: int | None = None,
         eval_mode: bool = False,
+        store: str | os.PathLike | None = None,
         **kernel_options: Any,
     ) -> None:
         spec = kernel_spec(self.kernel)
@@ -133,6 +155,7 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
         self.batch_size = batch_size
         self.layers = layers
         self.eval_mode = eval_mode
+        self.store = store
         self.normalize = spec.normalized
         self._requested = {"device": device, "dtype": dtype, "memory_limit": memory_limit}
         self._state_depth = 0
@@ -160,11 +183,17 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
                 self.batch_size,
                 auto_batch_size(self.feature_map, self.train_inputs, self.memory_limit),
             )
-        self._train = FeatureCache(self.feature_map, self.train_inputs, self.block_size, "training")
+            self._train = self._training_cache()
         self._train_kernel: Tensor | None = None
         self._surrogate: KernelGLM | None = None
         self._train_logits: Tensor | None = None  # the network's logits (surrogate mixin)
         self._fingerprint = fingerprint
+
+    def _training_cache(self) -> FeatureCache:
+        """The training features: in memory, or read from (written to) ``store``."""
+        if self.store is None:
+            return FeatureCache(self.feature_map, self.train_inputs, self.block_size, "training")
+        return open_training_store(self, self.store)
 
     def _refresh_if_stale(self) -> None:
         """Rebuilds the feature map and drops every cache if the model changed."""
@@ -179,7 +208,10 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
             dropped.append("network logits")
         if self._surrogate is not None:
             dropped.append("fitted surrogate")
-        self._build()
+        try:
+            self._build()
+        except StoreMismatchError as err:
+            raise model_changed_error(type(self).__name__, err) from None
         self._refit_pending = "fitted surrogate" in dropped
         if dropped:
             message = changed_message(type(self).__name__, dropped)

@@ -7,6 +7,7 @@ matrix is assembled blockwise within ``memory_limit`` (:mod:`captum_ntk.kernels.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -238,6 +239,7 @@ def kernel_matrix(
     output_device: torch.device | str = "cpu",
     engine: str = "auto",
     precision: str = "fp32",
+    store: str | os.PathLike | None = None,
 ) -> Tensor:
     r"""Computes an NTK-style kernel between two sets of inputs of a model.
 
@@ -317,6 +319,19 @@ def kernel_matrix(
                 (CUDA only; a ValueError on other devices) or "bf16" (products of bfloat16
                 gradients and matrix). A ValueError for exact kernels unless "fp32". See
                 :mod:`captum_ntk.engine.precision`.
+        store (str or os.PathLike, optional): a directory: the features of ``inputs1`` are
+                written to ``store/rows``, those of ``inputs2`` to ``store/cols`` and the kernel
+                to ``store/kernel.npy``, block by block; a call that stopped resumes, and a
+                finished store is read instead of recomputed. The store records every option
+                that changes the result (kernel, projection kind, resolved ``projection_dim``,
+                seed, precision, layers, dtype, the model's content fingerprint, N and the
+                block size) and a call with any of them different raises
+                :class:`~captum_ntk.store.StoreMismatchError` naming the fields. Under an
+                initialised ``torch.distributed`` process group the blocks are shared out over
+                the ranks. Fixed-size features only: projected kernels, ``ck`` and
+                ``embedding`` without per-token activations (others raise a ValueError). The
+                result (on the CPU) shares memory with a copy-on-write memmap of the file.
+                Default: None (in memory). See :mod:`captum_ntk.store`.
 
     Returns:
         Tensor: the kernel, shape (N1, N2), or (N1, N2, C, C) for ``entk``. Cosine-normalised
@@ -355,6 +370,27 @@ def kernel_matrix(
         bs = batch_size if batch_size is not None else auto
         if bs < 1:
             raise ValueError(f"batch_size must be positive, got {bs}.")
+        if store is not None:
+            from ..store.pipeline import stored_kernel_matrix
+
+            options = {
+                "kernel": kernel,
+                "projection": projection,
+                "seed": seed,
+                "layers": layers,
+                "precision": precision,
+            }
+            return stored_kernel_matrix(
+                fmap,
+                x1,
+                x2,
+                store,
+                block_size=bs,
+                options=options,
+                normalize=spec.normalized,
+                show_progress=show_progress,
+                output_device=output_device,
+            )
         rows = FeatureCache(fmap, x1, bs, "inputs1")
         cols = None if x2 is None else FeatureCache(fmap, x2, bs, "inputs2")
         return assemble_kernel(

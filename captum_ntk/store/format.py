@@ -41,6 +41,7 @@ FEATURE_FIELDS = (
     "projection",
     "projection_dim",
     "seed",
+    "precision",
     "dtype",
     "layers",
     "num_params",

@@ -62,7 +62,8 @@ def store_metadata(fmap: FeatureMap, options: dict[str, Any], num_examples: int,
 
     Args:
         fmap (FeatureMap): the feature map (its model is fingerprinted by content).
-        options (dict): ``kernel``, ``projection``, ``projection_dim``, ``seed``, ``layers``.
+        options (dict): ``kernel``, ``projection``, ``seed``, ``layers``, ``precision``
+                (``projection_dim`` is read from ``fmap``, after its default is resolved).
         num_examples (int): N.
         block_size (int): examples per block.
 
@@ -73,14 +74,17 @@ def store_metadata(fmap: FeatureMap, options: dict[str, Any], num_examples: int,
 
     function = fmap.function
     projection = getattr(fmap, "projection", None)
+    dim = getattr(projection, "projection_dim", None) or getattr(fmap, "projection_dim", None)
+    projected = dim is not None  # dense / sparse projection, or Kronecker factors
     layers = options.get("layers")
     return {
         "format": FORMAT,
         "library_version": __version__,
         "kernel": options["kernel"],
-        "projection": options.get("projection") if projection is not None else None,
-        "projection_dim": None if projection is None else int(projection.projection_dim),
-        "seed": options.get("seed") if projection is not None else None,
+        "projection": options.get("projection", "rademacher") if projected else None,
+        "projection_dim": int(dim) if projected else None,
+        "seed": options.get("seed", 0) if projected else None,
+        "precision": options.get("precision", "fp32") if projected else None,
         "dtype": str(function.dtype),
         "layers": [layers] if isinstance(layers, str) else (list(layers) if layers else None),
         "num_params": int(function.num_params),
@@ -246,10 +250,15 @@ def featurize(
         StoreMismatchError: the store was written for another model state, other options or
                 other data (the message names each field, or the first changed block).
     """
-    _, first_inputs, _ = next(source.blocks(0, 1))
-    probe = flat_features(fmap(first_inputs.slice(0, 1)), fmap)
     meta = store_metadata(fmap, options, len(source), source.block_size)
-    store = FeatureStore.create_or_open(directory, meta, tuple(probe.shape[1:]), probe.dtype)
+    path = Path(directory) / "metadata.json"
+    if path.exists():  # its fields fix the feature shape: nothing to probe
+        shape, dtype = tuple(read_json(path).get("feature_shape", ())), fmap.function.dtype
+    else:
+        _, first_inputs, _ = next(source.blocks(0, 1))
+        probe = flat_features(fmap(first_inputs.slice(0, 1)), fmap)
+        shape, dtype = tuple(probe.shape[1:]), probe.dtype
+    store = FeatureStore.create_or_open(directory, meta, shape, dtype)
     first, stop = shard(source.num_blocks)
     with tqdm(total=stop - first, desc="featurize", disable=not show_progress) as bar:
         for start, inputs, labels in source.blocks(first, stop):
