@@ -109,6 +109,28 @@ class FeatureCache:
         return self.sq_norms
 
 
+def _normalised(
+    block: Tensor,
+    rows: FeatureCache,
+    cols: FeatureCache,
+    rstart: int,
+    cstart: int,
+    zero_rows: set[int],
+    zero_cols: set[int],
+) -> tuple[Tensor, Tensor]:
+    r"""Cosine-normalises a (b1, b2) block; records rows and columns of zero norm.
+
+    Returns:
+        (block, zero): the normalised block and the (b1,) mask of zero-norm rows.
+    """
+    b1, b2 = block.shape[:2]
+    inv_r, zr = _inverse_norms(rows.sq_norms[rstart : rstart + b1])
+    inv_c, zc = _inverse_norms(cols.sq_norms[cstart : cstart + b2])
+    zero_rows.update((torch.nonzero(zr).flatten() + rstart).tolist())
+    zero_cols.update((torch.nonzero(zc).flatten() + cstart).tolist())
+    return block * inv_r[:, None] * inv_c[None, :], zr
+
+
 def iter_kernel_blocks(
     rows: FeatureCache,
     cols: FeatureCache | None,
@@ -175,11 +197,8 @@ def iter_kernel_blocks(
                     block = fmap.inner(rfeats, cfeats)
                     diagonal_block = symmetric and rstart == cstart
                     if normalize:
-                        inv_r, zr = _inverse_norms(rows.sq_norms[rstart : rstart + len(rfeats)])
-                        inv_c, zc = _inverse_norms(cols.sq_norms[cstart : cstart + len(cfeats)])
-                        block = block * inv_r[:, None] * inv_c[None, :]
-                        zero_rows.update((torch.nonzero(zr).flatten() + rstart).tolist())
-                        zero_cols.update((torch.nonzero(zc).flatten() + cstart).tolist())
+                        block, zr = _normalised(block, rows, cols, rstart, cstart, zero_rows,
+                                                zero_cols)  # fmt: skip
                     if diagonal_block:
                         block = _symmetrize(block)
                         if normalize:
