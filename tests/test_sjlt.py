@@ -96,6 +96,10 @@ def test_bad_shapes_are_refused() -> None:
         SparseProjection(100, 10, nonzeros=0)
     with pytest.raises(ValueError, match="Expected gradients with 100 columns"):
         SparseProjection(100, 10)(torch.zeros(2, 99))
+    with pytest.raises(ValueError, match="sjlt_nonzeros must be an int"):
+        SparseProjection(100, 10, nonzeros=2.5)  # was truncated to 2
+    with pytest.raises(ValueError, match="projection_dim must be an int"):
+        SparseProjection(100, 10.5)
 
 
 @pytest.mark.cuda

@@ -30,6 +30,7 @@ spread-out gradients), larger ``s`` costs proportionally more.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -49,7 +50,10 @@ _SHAPE_SALT = i32(0x85EBCA6B)
 
 
 def check_sjlt_shape(num_params: int, projection_dim: int, nonzeros: int) -> None:
-    """Raises a ValueError for an SJLT that cannot be built (s < 1, K < s, K >= P)."""
+    """Raises a ValueError for an SJLT that cannot be built (s < 1, K < s, K >= P, non-ints)."""
+    for label, value in (("sjlt_nonzeros", nonzeros), ("projection_dim", projection_dim)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{label} must be an int, got {value!r}.")
     if int(nonzeros) < 1:
         raise ValueError(f"sjlt_nonzeros must be a positive int, got {nonzeros}.")
     if int(projection_dim) < int(nonzeros):
