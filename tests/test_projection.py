@@ -87,6 +87,8 @@ def test_projection_dim_must_be_smaller_than_p() -> None:
         RandomProjection(100, 100)
     with pytest.raises(ValueError, match="rademacher"):
         RandomProjection(100, 10, kind="sparse")
+    with pytest.raises(ValueError, match="projection_dim must be an int"):
+        RandomProjection(100, 7.5)  # was truncated to 7
 
 
 @pytest.mark.cuda

@@ -22,6 +22,7 @@ parameters (``select_parameters`` order): the matrix is a function of
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -194,6 +195,8 @@ class RandomProjection:
     ) -> None:
         if kind not in PROJECTIONS:
             raise ValueError(f"Unknown projection {kind!r}; choose one of {PROJECTIONS}.")
+        if isinstance(projection_dim, bool) or not isinstance(projection_dim, numbers.Integral):
+            raise ValueError(f"projection_dim must be an int, got {projection_dim!r}.")
         if int(projection_dim) < 1:
             raise ValueError(f"projection_dim must be positive, got {projection_dim}.")
         if int(projection_dim) >= int(num_params):
