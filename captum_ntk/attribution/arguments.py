@@ -18,7 +18,7 @@ from torch import Tensor
 #: Options of projected kernels (``ProjTrNTKAttribution``, ``ProjPNTKAttribution``).
 PROJECTION_OPTIONS = ("projection_dim", "projection", "seed")
 #: Keyword options every attribution class accepts.
-COMMON_OPTIONS = ("batch_size", "layers", "device", "dtype", "memory_limit", "eval_mode")
+COMMON_OPTIONS = ("batch_size", "layers", "device", "dtype", "memory_limit", "eval_mode", "store")
 
 _CHECKPOINT = (
     "an NTK kernel is taken at the model's current parameters, not summed over training "
