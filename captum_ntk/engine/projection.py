@@ -156,6 +156,19 @@ def projection_matrix(
     return projection_block(projection_dim, 0, num_params, kind, seed, dtype, device)
 
 
+def column_pieces(
+    gradients: Tensor | Sequence[Tensor], num_params: int
+) -> tuple[list[Tensor], list[int]]:
+    """Gradient pieces (M, p_i) and their column offsets; a ValueError unless they total P."""
+    parts = [gradients] if isinstance(gradients, Tensor) else list(gradients)
+    offsets = [0]
+    for part in parts:
+        offsets.append(offsets[-1] + part.shape[-1])
+    if offsets[-1] != num_params:
+        raise ValueError(f"Expected gradients with {num_params} columns, got {offsets[-1]}.")
+    return parts, offsets
+
+
 class RandomProjection:
     r"""Applies the seeded K x P projection to rows of gradients, blockwise.
 
@@ -237,14 +250,7 @@ class RandomProjection:
         Returns:
             Tensor: shape (M, K), ``gradients @ S.T / sqrt(K)``.
         """
-        parts = [gradients] if isinstance(gradients, Tensor) else list(gradients)
-        offsets = [0]
-        for part in parts:
-            offsets.append(offsets[-1] + part.shape[-1])
-        if offsets[-1] != self.num_params:
-            raise ValueError(
-                f"Expected gradients with {self.num_params} columns, got {offsets[-1]}."
-            )
+        parts, offsets = column_pieces(gradients, self.num_params)
         first = parts[0]
         if self._use_triton(first):
             return self._triton_project(parts, offsets)

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from . import triton_sjlt
 from .hashing import M32, column_keys, i32, mix32
+from .projection import column_pieces
 
 #: Default nonzeros per column.
 DEFAULT_NONZEROS = 4
@@ -196,14 +197,7 @@ class SparseProjection:
         Returns:
             Tensor: shape (M, K), ``gradients @ S.T``.
         """
-        parts = [gradients] if isinstance(gradients, Tensor) else list(gradients)
-        offsets = [0]
-        for part in parts:
-            offsets.append(offsets[-1] + part.shape[-1])
-        if offsets[-1] != self.num_params:
-            raise ValueError(
-                f"Expected gradients with {self.num_params} columns, got {offsets[-1]}."
-            )
+        parts, offsets = column_pieces(gradients, self.num_params)
         first = parts[0]
         k = self.projection_dim
         acc_dtype = torch.promote_types(first.dtype, torch.float32)

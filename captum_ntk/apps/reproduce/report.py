@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..demo.table import jsonable
+
 __all__ = ["aggregate", "format_summary", "jsonable", "write_outputs"]
 
 _METRICS = ("tau", "tad", "r_miss", "acc_nn", "acc_kglm", "r2_linear")
@@ -79,19 +81,6 @@ def format_summary(title: str, summary: list[dict[str, Any]], markdown: bool = F
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) for cells in body]
     return "\n".join(lines)
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-safe copy: nan / inf -> None, Paths -> str, tuples -> lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _report(results: dict[str, Any], text_lines: list[str]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .loaders import CIFAR10_CLASSES
 from .paper_models import (
     Centered,
     PaperCNN28,
@@ -104,18 +105,7 @@ def _mobilenet(seed: int) -> nn.Module:
     return mobilenet_v2_cifar(10, seed=seed)
 
 
-_CIFAR_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+_CIFAR_NAMES = CIFAR10_CLASSES
 _TABLE2_KERNELS = ("trntk", "trntk0", "proj_trntk", "proj_pntk", "embedding", "ck")
 _TABLE2_NOTE = (
     "the paper's Table 2 values of the kernels other than trNTK are not recorded here (the "
