@@ -101,6 +101,9 @@ def distributed_run(directory: str, output: str) -> None:
     dist.init_process_group("gloo")
     try:
         distributed_run_single(directory, output)
+        # leave together: a rank that tears gloo down while its peer is still finishing can
+        # make the peer abort ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

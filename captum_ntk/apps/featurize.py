@@ -222,3 +222,14 @@ def run_store_command(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"captum-ntk {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _leave_distributed()
+
+
+def _leave_distributed() -> None:
+    """Leaves the process group together (a rank tearing gloo down early can abort its peer)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
