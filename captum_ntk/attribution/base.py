@@ -14,7 +14,7 @@ Each class binds a model, its training set and one kernel::
 Batches follow Captum: a tuple whose last element is the label (``model(*batch[:-1])``),
 a Mapping with a ``labels`` key (Hugging Face, ``model(**rest)``), or a bare Tensor of
 inputs. Training inputs (not gradients) are read into memory once; training features are
-kept across calls when they fit in half of ``memory_limit`` (projected, conjugate and
+kept across calls when they fit in a quarter of ``memory_limit`` (projected, conjugate and
 embedding kernels normally do), otherwise they are recomputed block by block.
 
 Every result belongs to one state of the model: if its parameters or buffers change
