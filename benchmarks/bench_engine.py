@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 
@@ -27,10 +25,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
-sys.path.insert(0, os.path.dirname(__file__))
-import captum_ntk as cn  # noqa: E402
-from captum_ntk.engine.inputs import ModelInputs  # noqa: E402
-from captum_ntk.kernels import build_feature_map  # noqa: E402
+import captum_ntk as cn
+from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.kernels import build_feature_map
 
 
 def make_model(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor]]:
@@ -40,9 +37,9 @@ def make_model(name: str) -> tuple[nn.Module, Callable[[int], torch.Tensor]]:
             nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
         )
         return model.eval(), lambda n: torch.randn(n, 784)
-    from resnet import ResNet18
+    from captum_ntk.apps.reproduce.paper_models import resnet18_cifar
 
-    return ResNet18().eval(), lambda n: torch.randn(n, 3, 32, 32)
+    return resnet18_cifar().eval(), lambda n: torch.randn(n, 3, 32, 32)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeat: int = 3) -> float:

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 
@@ -31,9 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-sys.path.insert(0, os.path.dirname(__file__))
-import captum_ntk as cn  # noqa: E402
-from captum_ntk.apps.models import DigitsMLP  # noqa: E402
+import captum_ntk as cn
+from captum_ntk.apps.models import DigitsMLP
 
 
 def warm_up(model: nn.Module, x: Tensor, kernel: str) -> None:
@@ -130,10 +128,9 @@ def digits_case(repeat: int) -> None:
 
 
 def resnet_case(n: int, repeat: int) -> None:
-    from resnet import ResNet18
+    from captum_ntk.apps.reproduce.paper_models import resnet18_cifar
 
-    torch.manual_seed(0)
-    model = ResNet18().eval()
+    model = resnet18_cifar(seed=0).eval()
     x = torch.randn(n, 3, 32, 32)
     p = sum(q.numel() for q in model.parameters())
     entries = n * n
