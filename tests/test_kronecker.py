@@ -154,3 +154,91 @@ def test_forward_mixing_examples_takes_the_dense_projection() -> None:
     late.plan(ModelInputs.from_user(x[:1], "x"))
     with pytest.raises(RuntimeError, match="projection='rademacher'"):
         late(ModelInputs.from_user(x, "x"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Gram form: one-position layers keep their projected factors, never the k_out x k_in features
+# --------------------------------------------------------------------------------------------------
+def _features_form(model, x, k: int, summed: bool) -> torch.Tensor:
+    """Plain features (B, rows, D) from the features form (gram_form=False)."""
+    fmap = KroneckerFeatures(ModelFunction(model), k, seed=4, summed=summed)
+    feats = fmap(ModelInputs.from_user(x, "x"))
+    return feats.reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("summed", [False, True])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_gram_form_kernel_equals_features_form(arch: str, summed: bool) -> None:
+    from reference import cosine_gram
+
+    import captum_ntk as cn
+    from captum_ntk.engine.kronecker import KroneckerBlocks
+
+    if arch == "mlp":
+        model, x1, x2 = make_mlp(), mlp_inputs(5), mlp_inputs(4, seed=7)
+    else:
+        model, x1, x2 = make_cnn(), cnn_inputs(5), cnn_inputs(4, seed=7)
+    k = 40
+    fmap = KroneckerFeatures(ModelFunction(model), k, seed=4, summed=summed, gram_form=True)
+    blocks = fmap(ModelInputs.from_user(x1, "x"))
+    plain = _features_form(model, x1, k, summed)
+    if arch == "mlp" or not summed:  # (the CNN's summed fc has k_out = 1: features are cheaper)
+        assert isinstance(blocks, KroneckerBlocks)
+        # the MLP's two Linear layers are one-position; the CNN's conv (T = 16) keeps features
+        forms = [g for g, _ in blocks.layout][: len(fmap.layers)]
+        assert forms == ([True, True] if arch == "mlp" else [False, True])
+        assert torch.equal(fmap.flatten(blocks).reshape(len(x1), -1), plain)  # bit-identical
+    else:
+        assert torch.equal(blocks.reshape(len(x1), -1), plain)
+    f2 = _features_form(model, x2, k, summed)
+    ref = cosine_gram(plain, f2)
+    kernel = "proj_pntk" if summed else "proj_trntk"
+    opts = dict(kernel=kernel, projection="kronecker", projection_dim=k, seed=4)
+    got = cn.kernel_matrix(model, x1, x2, **opts)
+    assert float((got - ref).abs().max()) < 1e-12
+    features_form = cn.kernel_matrix(model, x1, x2, engine="jacobian", **opts)
+    assert float((features_form - ref).abs().max()) < 1e-12
+    if isinstance(blocks, KroneckerBlocks):
+        gram_bytes = fmap.example_bytes(ModelInputs.from_user(x1, "x"))
+        assert gram_bytes == blocks.numel() * 8 // len(x1)  # what a block holds, per example
+        plain_fmap = KroneckerFeatures(ModelFunction(model), k, seed=4, summed=summed)
+        assert gram_bytes < plain_fmap.example_bytes(ModelInputs.from_user(x1, "x"))
+
+
+def test_gram_form_in_stores_and_attribution(tmp_path) -> None:
+    from reference import cosine_gram
+
+    import captum_ntk as cn
+
+    model, x1, x2 = make_mlp(), mlp_inputs(6), mlp_inputs(5, seed=7)
+    f1, f2 = _features_form(model, x1, 40, False), _features_form(model, x2, 40, False)
+    ref = cosine_gram(f1, f2)
+    opts = dict(kernel="proj_trntk", projection="kronecker", projection_dim=40, seed=4)
+    stored = cn.kernel_matrix(model, x1, x2, store=tmp_path / "s", batch_size=4, **opts)
+    assert float((stored - ref).abs().max()) < 1e-12
+    dataset = torch.utils.data.TensorDataset(x2, torch.zeros(5, dtype=torch.long))
+    attr = cn.ProjTrNTKAttribution(
+        model, dataset, projection="kronecker", projection_dim=40, seed=4, batch_size=2
+    )
+    scores = attr.influence((x1, torch.zeros(6, dtype=torch.long)))
+    assert float((scores - ref).abs().max()) < 1e-12
+
+
+def test_gram_form_many_classes_in_class_chunks() -> None:
+    """C = 12 logits gathered over class chunks (a tiny budget) into one Gram piece."""
+    from reference import cosine_gram
+
+    model, x = make_mlp(d_out=12), mlp_inputs(4)
+    plain = _features_form(model, x, 60, False)
+    fmap = KroneckerFeatures(ModelFunction(model), 60, seed=4, gram_form=True)
+    fmap.memory_limit = 4 * 1024  # forces several class chunks
+    blocks = fmap(ModelInputs.from_user(x, "x"))
+    got = cosine_gram_from(fmap, blocks)
+    assert float((got - cosine_gram(plain, plain)).abs().max()) < 1e-12
+
+
+def cosine_gram_from(fmap: KroneckerFeatures, blocks) -> torch.Tensor:
+    from reference import cosine_normalise
+
+    sq = fmap.sq_norms(blocks)
+    return cosine_normalise(fmap.inner(blocks, blocks), sq, sq)

@@ -38,9 +38,17 @@ import torch
 from torch import Tensor, nn
 
 from .features import FeatureMap
-from .gram import GramFeatures
+from .gram import GramBlocks, GramFeatures
 from .gram.capture import forward_capture, output_gradients
-from .gram.engine import MIXED_BATCH, PLAN_EXAMPLES, mixes_examples, restricted_function
+from .gram.contract import GramPiece
+from .gram.engine import (
+    MIXED_BATCH,
+    PLAN_EXAMPLES,
+    blocks_trace_inner,
+    blocks_trace_sq_norms,
+    mixes_examples,
+    restricted_function,
+)
 from .gram.layers import AffineRule
 from .inputs import ModelInputs
 from .model import ModelFunction, batch_statistics_modules, stochastic_train_mode_modules
@@ -144,15 +152,63 @@ class KroneckerLayer:
             return delta.reshape(k, b, -1, self.d_out).permute(1, 0, 2, 3)
         return delta.reshape(k, b, self.d_out, -1).permute(1, 0, 3, 2)
 
-    def features(self, captured: Tensor, delta: Tensor, precision: str) -> Tensor:
-        r"""(B, K, k_out k_in) projected gradients from inputs (B, 1, T, x) and delta."""
+    def factors(self, captured: Tensor, delta: Tensor, precision: str) -> tuple[Tensor, Tensor]:
+        r"""Projected inputs (B, T, k_in) and output gradients (B, K, T, k_out)."""
         a = captured[:, 0]
         if self.rule.bias:
             a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-        pa = _project_last(a, self.p_in, precision)  # (B, T, k_in)
-        pd = _project_last(self.deltas(delta), self.p_out, precision)  # (B, K, T, k_out)
+        pa = _project_last(a, self.p_in, precision)
+        pd = _project_last(self.deltas(delta), self.p_out, precision)
+        return pa, pd
+
+    @staticmethod
+    def combine(pa: Tensor, pd: Tensor) -> Tensor:
+        r"""(B, K, k_out k_in) features ``sum_t pd_t pa_t^T`` from :meth:`factors`."""
         out = torch.einsum("bktq,btr->bkqr", pd, pa)
         return out.reshape(out.shape[0], out.shape[1], -1)
+
+    def features(self, captured: Tensor, delta: Tensor, precision: str) -> Tensor:
+        r"""(B, K, k_out k_in) projected gradients from inputs (B, 1, T, x) and delta."""
+        return self.combine(*self.factors(captured, delta, precision))
+
+    def gram_cheaper(self, positions: int, rows: int) -> bool:
+        r"""Whether Gram form beats features for a pair of examples (one position only).
+
+        Per pair, Gram form costs ``k_in + rows k_out`` multiply-adds against ``rows k_in
+        k_out`` for the features. Layers with T > 1 positions (``T^2`` times the Gram cost)
+        always keep features, so the choice depends on layer shapes only, never on a
+        block's padded length.
+        """
+        k_in, k_out = self.p_in.shape[0], self.p_out.shape[0]
+        return positions == 1 and k_in + rows * k_out < rows * k_in * k_out
+
+
+def gram_piece(pa: Tensor, pd: Tensor) -> GramPiece:
+    r"""A :class:`GramPiece` (no bias: it is inside ``pa``) from factors (B, T, k_in), (B, K, T, k_out)."""
+    b, k, t, q = pd.shape
+    return GramPiece(pa[:, None], pd.permute(0, 2, 1, 3).reshape(b, 1, t, k * q), k, False)
+
+
+def piece_features(piece: GramPiece) -> Tensor:
+    r"""The features (B, K, k_out k_in) of a :func:`gram_piece` (for stores)."""
+    b, _, t, kq = piece.delta.shape
+    k = piece.num_logits
+    pd = piece.delta[:, 0].reshape(b, t, k, kq // k).permute(0, 2, 1, 3)
+    return KroneckerLayer.combine(piece.a[:, 0], pd)
+
+
+class KroneckerBlocks(GramBlocks):
+    r"""Features of a block in Gram form: per-layer pieces in layer order, then the rest.
+
+    Attributes:
+        layout (list[tuple[bool, int]]): per covered layer then the rest, ``(is_gram, index)``
+                into ``grams`` or ``dense``.
+    """
+
+    def __init__(self, grams: list[GramPiece], dense: list[Tensor], size: int,
+                 layout: list[tuple[bool, int]]) -> None:  # fmt: skip
+        super().__init__(grams, dense, size)
+        self.layout = layout
 
 
 def _kroneckerable(rule) -> bool:
@@ -174,10 +230,18 @@ class KroneckerFeatures(FeatureMap):
         seed (int): the seed of every factor (and of the dense projection of the rest).
         summed (bool): gradients of the summed logits (proj_pntk) instead of per logit.
         precision (str): "fp32", "tf32" or "bf16" for the factor products.
+        gram_form (bool): return :class:`KroneckerBlocks` where cheaper: one-position layers
+                (Linear layers on vectors) keep their projected factors (B, k_in) and
+                (B, rows, k_out), and inner products are ``<P_in a_i, P_in a_j> sum_c
+                <P_out delta^c_i, P_out delta^c_j>`` (the kernel without forming the
+                ``k_out k_in`` features; equal up to float rounding). Default: False (plain
+                (B, C, D) / (B, D) features, as stores need; ``kernel_matrix`` and the
+                attribution classes set it).
     """
 
     def __init__(self, function: ModelFunction, projection_dim: int, seed: int = 0,
-                 summed: bool = False, precision: str = "fp32") -> None:  # fmt: skip
+                 summed: bool = False, precision: str = "fp32",
+                 gram_form: bool = False) -> None:  # fmt: skip
         super().__init__(function)
         if int(projection_dim) < 1 or int(projection_dim) >= function.num_params:
             raise ValueError(
@@ -191,7 +255,10 @@ class KroneckerFeatures(FeatureMap):
         self.per_logit = not summed
         self.what = "gradient" if summed else "Jacobian"
         self.precision = precision
+        self.gram_form = bool(gram_form)
         self.layers: list[KroneckerLayer] | None = None
+        #: per covered layer: its number of positions T (from the plan's probe)
+        self.positions: list[int] = []
         self.rest: ModelFunction | None = None
         self.rest_projection: RandomProjection | None = None
         #: module name -> why its parameters take the dense projection
@@ -225,6 +292,7 @@ class KroneckerFeatures(FeatureMap):
             for i, rule in enumerate(rules)
         ]
         self.feature_dim = sum(layer.dim for layer in self.layers)
+        self.positions = self._positions(inputs) if self.layers else []
         if rest:
             self.rest = restricted_function(function, rest)
             k_rest = max(1, dims[-1])
@@ -236,11 +304,28 @@ class KroneckerFeatures(FeatureMap):
                 )  # fmt: skip
             self.feature_dim += min(k_rest, rest_size)
 
+    def _positions(self, inputs: ModelInputs) -> list[int]:
+        """T per covered layer, from one example's captured inputs."""
+        prepared = self.function.prepare(inputs.slice(0, 1))
+        with torch.no_grad():
+            record = forward_capture(self.function, prepared, [x.rule for x in self.layers])
+        return [int(record.inputs[x.rule.name][0].shape[2]) for x in self.layers]
+
+    def _gram_layers(self, rows: int) -> list[bool]:
+        """Per covered layer: whether it is kept in Gram form."""
+        if not self.gram_form:
+            return [False] * len(self.layers or [])
+        return [x.gram_cheaper(t, rows) for x, t in zip(self.layers, self.positions)]
+
     def example_bytes(self, inputs: ModelInputs) -> int:
         if self.layers is None:
             self.plan(inputs)
         rows = 1 if self.summed else self.function.num_outputs(inputs)
-        return rows * int(self.feature_dim) * self.itemsize
+        numbers = rows * int(self.feature_dim)
+        for layer, gram in zip(self.layers, self._gram_layers(rows)):
+            if gram:  # one position: k_in + rows k_out numbers instead of rows k_in k_out
+                numbers += layer.p_in.shape[0] + rows * layer.p_out.shape[0] - rows * layer.dim
+        return numbers * self.itemsize
 
     def _class_chunk(self, outputs: list[Tensor], count: int) -> int:
         per_combination = 3 * sum(o.numel() * o.element_size() for o in outputs)
@@ -252,18 +337,52 @@ class KroneckerFeatures(FeatureMap):
         _check_mode(self.function.model)
         num = self.function.num_outputs(inputs)
         combos = torch.ones(1, num) if self.summed else torch.eye(num)
-        feats = [self._layer_features(inputs, combos)]
-        if self.rest is not None:
-            feats.append(self._rest_features(inputs, combos.shape[0]))
-        out = torch.cat(feats, dim=2)
+        gram = self._gram_layers(combos.shape[0])
+        pieces = self._layer_pieces(inputs, combos, gram)
+        rest = [] if self.rest is None else [self._rest_features(inputs, combos.shape[0])]
+        if any(gram):
+            return self._blocks(pieces, rest, gram, inputs.num_examples)
+        out = torch.cat(pieces + rest, dim=2)
         return out[:, 0] if self.summed else out
 
-    def _layer_features(self, inputs: ModelInputs, combos: Tensor) -> Tensor:
-        """(B, rows, sum_l k_in k_out) from one captured forward pass and chunked backward."""
+    @staticmethod
+    def _blocks(pieces: list, rest: list[Tensor], gram: list[bool], size: int) -> KroneckerBlocks:
+        grams = [p for p, g in zip(pieces, gram) if g]
+        dense = [p for p, g in zip(pieces, gram) if not g] + rest
+        layout, counts = [], [0, 0]
+        for g in gram + [False] * len(rest):
+            layout.append((g, counts[g]))
+            counts[g] += 1
+        return KroneckerBlocks(grams, dense, size, layout)
+
+    def flatten(self, features: Tensor | KroneckerBlocks) -> Tensor:
+        r"""Plain features (B, C, D) / (B, D) of a block, whatever its form (for stores)."""
+        if isinstance(features, Tensor):
+            return features
+        out = torch.cat([
+            piece_features(features.grams[i]) if gram else features.dense[i]
+            for gram, i in features.layout
+        ], dim=2)  # fmt: skip
+        return out[:, 0] if self.summed else out
+
+    def inner(self, f1: Tensor | KroneckerBlocks, f2: Tensor | KroneckerBlocks) -> Tensor:
+        if isinstance(f1, GramBlocks):
+            return blocks_trace_inner(f1, f2)
+        return super().inner(f1, f2)
+
+    def sq_norms(self, f: Tensor | KroneckerBlocks) -> Tensor:
+        if isinstance(f, GramBlocks):
+            return blocks_trace_sq_norms(f)
+        return super().sq_norms(f)
+
+    def _layer_pieces(self, inputs: ModelInputs, combos: Tensor, gram: list[bool]) -> list:
+        """Per covered layer: features (B, rows, k_out k_in), or a GramPiece where ``gram``."""
         function = self.function
         b = inputs.num_examples
         if not self.layers:
-            return torch.zeros(b, combos.shape[0], 0, dtype=function.dtype, device=function.device)
+            return [
+                torch.zeros(b, combos.shape[0], 0, dtype=function.dtype, device=function.device)
+            ]
         prepared = function.prepare(inputs)
         record = forward_capture(function, prepared, [x.rule for x in self.layers])
         if b > 1 and not self._batch_checked:
@@ -283,14 +402,21 @@ class KroneckerFeatures(FeatureMap):
         targets = [record.outputs[x.rule.name][0] for x in self.layers]
         captured = [record.inputs[x.rule.name][0] for x in self.layers]
         chunk = self._class_chunk(targets, combos.shape[0])
-        pieces = []
+        parts: list[list] = [[] for _ in self.layers]  # per layer, per class chunk
+        factors: list[Tensor | None] = [None] * len(self.layers)  # P_in a of Gram layers
         for c0 in range(0, combos.shape[0], chunk):
             deltas = output_gradients(record.logits, targets, combos[c0 : c0 + chunk], chunk)
-            pieces.append(torch.cat([
-                layer.features(a, d, self.precision)
-                for layer, a, d in zip(self.layers, captured, deltas)
-            ], dim=2))  # fmt: skip
-        return torch.cat(pieces, dim=1)
+            for i, (layer, a, d) in enumerate(zip(self.layers, captured, deltas)):
+                if gram[i]:
+                    pa, pd = layer.factors(a, d, self.precision)
+                    factors[i] = pa
+                    parts[i].append(pd)
+                else:
+                    parts[i].append(layer.features(a, d, self.precision))
+        return [
+            gram_piece(factors[i], torch.cat(p, dim=1)) if gram[i] else torch.cat(p, dim=1)
+            for i, p in enumerate(parts)
+        ]
 
     def _rest_features(self, inputs: ModelInputs, rows: int) -> Tensor:
         """(B, rows, k_rest): the remaining parameters' gradients, dense-projected."""

@@ -90,6 +90,8 @@ def build_feature_map(
         fmap = _feature_map(
             function, kernel, layers, projection_dim, projection, seed, limit, precision
         )
+    if isinstance(fmap, KroneckerFeatures):  # one-position layers in Gram form (cheaper)
+        fmap.gram_form = engine != "jacobian"
     fmap.memory_limit = limit
     return fmap
 
@@ -313,7 +315,12 @@ def kernel_matrix(
                 "gram": per-layer Grams of layer inputs and output gradients (Linear, Conv,
                 Embedding; normalisation layers materialised; other parameters through the
                 Jacobian path), raising for other kernels. "auto" (default): "gram" for the
-                exact gradient kernels, "jacobian" for the rest.
+                exact gradient kernels, "jacobian" for the rest. With
+                ``projection="kronecker"``, "auto" also keeps one-position layers (Linear
+                layers on vectors) in Gram form: their kernel is ``<P_in a_i, P_in a_j> sum_c
+                <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker features' inner
+                products up to float rounding at a fraction of the cost; "jacobian" forms
+                the features.
         precision (str): arithmetic of the projection matmuls of projected kernels (sums
                 over parameter blocks always in float32 or wider): "fp32" (default), "tf32"
                 (CUDA only; a ValueError on other devices) or "bf16" (products of bfloat16

@@ -44,6 +44,9 @@ def flat_features(features: Tensor | ParamBlocks, fmap: FeatureMap) -> Tensor:
     """
     if isinstance(features, Tensor):
         return features
+    flatten = getattr(fmap, "flatten", None)  # Kronecker features kept in Gram form
+    if flatten is not None:
+        return flatten(features)
     if fmap.uses_gradients:
         raise ValueError(
             "Exact gradient kernels have P numbers per example (and class) as features, too "

@@ -103,6 +103,27 @@ class GramBlocks:
         return floats[0].element_size() if floats else 4
 
 
+def blocks_trace_inner(f1: GramBlocks, f2: GramBlocks) -> Tensor:
+    r"""``sum_c <g^c_i, g^c_j>`` summed over every piece of two blocks, shape (B1, B2)."""
+    out: Tensor | int = 0
+    for p1, p2 in zip(f1.grams, f2.grams):
+        out = out + trace_inner(p1, p2)
+    for d1, d2 in zip(f1.dense, f2.dense):
+        out = out + d1.reshape(len(f1), -1) @ d2.reshape(len(f2), -1).T
+    return out
+
+
+def blocks_trace_sq_norms(f: GramBlocks) -> Tensor:
+    r"""``sum_c ||g^c_i||^2`` summed over every piece of a block, shape (B,)."""
+    out: Tensor | int = 0
+    for piece in f.grams:
+        out = out + trace_sq_norms(piece)
+    for d in f.dense:
+        flat = d.reshape(len(f), -1)
+        out = out + torch.linalg.vecdot(flat, flat)
+    return out
+
+
 def candidate_rules(function: ModelFunction) -> tuple[list[LayerRule], dict[str, str]]:
     r"""Rules for the modules that own selected parameters and are of a covered type.
 
@@ -345,18 +366,9 @@ class GramFeatures(FeatureMap):
             for d1, d2 in zip(f1.dense, f2.dense):
                 out = out + torch.einsum("icp,jdp->ijcd", d1, d2)
         else:
-            for p1, p2 in zip(f1.grams, f2.grams):
-                out = out + trace_inner(p1, p2)
-            for d1, d2 in zip(f1.dense, f2.dense):
-                out = out + d1.reshape(len(f1), -1) @ d2.reshape(len(f2), -1).T
+            out = blocks_trace_inner(f1, f2)
         return self._scale(out)
 
     def sq_norms(self, f: GramBlocks) -> Tensor:
         """Diagonal of the (trace) kernel, (B,)."""
-        out: Tensor | int = 0
-        for piece in f.grams:
-            out = out + trace_sq_norms(piece)
-        for d in f.dense:
-            flat = d.reshape(len(f), -1)
-            out = out + torch.linalg.vecdot(flat, flat)
-        return self._scale(out)
+        return self._scale(blocks_trace_sq_norms(f))
