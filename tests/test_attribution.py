@@ -27,6 +27,7 @@ from torch.utils.data import (
 )
 
 import captum_ntk as cn
+from captum_ntk.engine.inputs import ModelInputs
 from captum_ntk.kernels.matrix import minimum_memory_limit
 
 PROJ_DIM = 16  # < P of every model below (MLP 73, single logit 57, two-input 109)
@@ -705,7 +706,7 @@ def test_train_features_are_reused(
     assert feature_calls.examples == 2 * N_TEST, "training features were recomputed"
 
     # the smallest memory limit recomputes blocks but gives the same numbers
-    limit = minimum_memory_limit(attr.feature_map, attr.train_inputs)
+    limit = minimum_memory_limit(attr.feature_map, ModelInputs(mlp.train_x, {}))
     tight = make_attr(cls, mlp, batch_size=3, memory_limit=limit)
     assert_close(tight.influence(mlp.test_batch), first)
     assert_close(tight.influence(other_test), second)
@@ -866,7 +867,7 @@ def test_rank_by_attribution_matches_brute_force(
 def test_rank_by_attribution_is_memory_bounded_and_blocksize_free(mlp: Case) -> None:
     attr = make_attr(cn.TrNTKAttribution, mlp, batch_size=4)
     glm = attr.fit_surrogate(**SURROGATE_GLM)
-    limit = minimum_memory_limit(attr.feature_map, attr.train_inputs)
+    limit = minimum_memory_limit(attr.feature_map, ModelInputs(mlp.train_x, {}))
     tight = make_attr(cn.TrNTKAttribution, mlp, batch_size=2, memory_limit=limit)
     tight.surrogate = glm
     for proponents in (True, False):

@@ -13,9 +13,10 @@ Each class binds a model, its training set and one kernel::
 
 Batches follow Captum: a tuple whose last element is the label (``model(*batch[:-1])``),
 a Mapping with a ``labels`` key (Hugging Face, ``model(**rest)``), or a bare Tensor of
-inputs. Training inputs (not gradients) are read into memory once; training features are
-kept across calls when they fit in a quarter of ``memory_limit`` (projected, conjugate and
-embedding kernels normally do), otherwise they are recomputed block by block.
+inputs. A training Dataset or DataLoader is never held whole: its inputs are read block by
+block (text padded per block) whenever they are needed, only the N labels are kept. Training
+features are kept across calls when they fit in a quarter of ``memory_limit`` (projected,
+conjugate and embedding kernels normally do), otherwise they are recomputed block by block.
 
 Every result belongs to one state of the model: if its parameters or buffers change
 between calls (an optimizer step, ``load_state_dict``, ``model.double()``, a write through
@@ -42,7 +43,7 @@ from ..engine.fingerprint import model_fingerprint
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_mode
 from ..kernels.assembly import FeatureCache, assemble_kernel, iter_kernel_blocks
-from ..kernels.matrix import auto_batch_size, build_feature_map
+from ..kernels.matrix import build_feature_map
 from ..kernels.registry import kernel_spec
 from ..surrogate import KernelGLM
 from .arguments import check_choice, check_constructor_arguments, check_flag, check_k, check_labels
@@ -58,6 +59,7 @@ from .ranking import (
 from .state import ModelChangedWarning, changed_message, current_model_state
 from .stored import StoreMismatchError, model_changed_error, open_training_store
 from .surrogate_methods import SurrogateMethods
+from .training_data import bind_training_data
 
 #: Orders of :meth:`NTKAttribution.influence`.
 RANK_BY = ("kernel", "attribution")
@@ -84,7 +86,8 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
                 is taken at the model's current parameters; if they change later, the next
                 call recomputes every cache for the new ones (with a warning).
         train_dataset (Dataset or DataLoader): training data. A DataLoader must not
-                shuffle. Batches as described in the module docstring.
+                shuffle. Batches as described in the module docstring. Read block by block
+                whenever needed, never collected (a batch of tensors is held as given).
         batch_size (int): DataLoader batch size for a Dataset, and the examples per kernel
                 block. Default: 64.
         layers (str or sequence of str, optional): module names (see
@@ -161,7 +164,7 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
         self._state_depth = 0
         self._surrogate_call: tuple[tuple, dict] | None = None  # last fit_surrogate arguments
         self._refit_pending = False
-        self.train_inputs, self.train_labels = collect(train_dataset, batch_size)
+        self._probe: ModelInputs | None = None  # stands for the training inputs in estimates
         self._build()
 
     # ------------------------------------------------------------------ model state
@@ -176,13 +179,7 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
                 **self._requested,
                 **self.kernel_options,
             )
-            self.feature_map.function.validate(self.train_inputs)
-            self.feature_map.function.num_outputs(self.train_inputs)  # fails early on bad batches
-            self.memory_limit = self.feature_map.memory_limit
-            self.block_size = min(
-                self.batch_size,
-                auto_batch_size(self.feature_map, self.train_inputs, self.memory_limit),
-            )
+            bind_training_data(self)  # train_inputs / labels, checks, memory_limit, block_size
             self._train = self._training_cache()
         self._train_kernel: Tensor | None = None
         self._surrogate: KernelGLM | None = None

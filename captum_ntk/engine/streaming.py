@@ -25,12 +25,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .batches import as_loader, pad_concat, split_batch
 from .inputs import ModelInputs
 
-__all__ = ["StreamingSource", "block_digest", "data_fingerprint", "trim_padding"]
+__all__ = [
+    "StreamedInputs",
+    "StreamingSource",
+    "block_digest",
+    "data_fingerprint",
+    "is_streamable",
+    "trim_padding",
+]
 
 
 def _is_token(inputs: ModelInputs, key: Any, t: Tensor) -> bool:
@@ -126,18 +133,28 @@ class StreamingSource:
                 :mod:`captum_ntk.engine.batches`).
         block_size (int): examples per block (the last block may be shorter).
         name (str): what the data is called in error messages.
+        num_examples (int, optional): N when already known (skips the counting pass of an
+                iterable without ``len``). Default: None (counted).
 
     Attributes:
         num_examples (int): N (``len(source)``). For a generic iterable of batches (no
                 ``len``) one counting pass reads the data once.
     """
 
-    def __init__(self, data: Any, block_size: int, name: str = "train_dataset") -> None:
+    def __init__(
+        self,
+        data: Any,
+        block_size: int,
+        name: str = "train_dataset",
+        num_examples: int | None = None,
+    ) -> None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
         self.name = name
         self.block_size = block_size
         self._batch: tuple[ModelInputs, Tensor | None] | None = None
+        if isinstance(data, StreamedInputs):  # the same data, in blocks of block_size
+            data, num_examples = data.source.data, data.num_examples
         if isinstance(data, list) and data and isinstance(data[0], (tuple, list, Mapping)):
             data = _ListDataset(data)
         if isinstance(data, ModelInputs):
@@ -145,7 +162,7 @@ class StreamingSource:
         elif isinstance(data, (Tensor, tuple, list, Mapping)):
             self._batch = split_batch(data, name)
         self.data = data
-        self.num_examples = self._count()
+        self.num_examples = self._count() if num_examples is None else num_examples
         if self.num_examples == 0:
             raise ValueError(f"{name} is empty; pass at least one example.")
 
@@ -164,6 +181,11 @@ class StreamingSource:
 
     def __len__(self) -> int:
         return self.num_examples
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the data is one batch already in memory (sliced, not read)."""
+        return self._batch is not None
 
     @property
     def num_blocks(self) -> int:
@@ -192,6 +214,8 @@ class StreamingSource:
         data = self.data
         loader = isinstance(data, DataLoader)
         dataset = data.dataset if loader else data
+        if isinstance(dataset, IterableDataset):
+            return None  # read from its start, skipping the blocks before ``first``
         if not isinstance(dataset, Dataset) or not hasattr(dataset, "__getitem__"):
             return None
         if loader and data.batch_size is None:
@@ -292,3 +316,108 @@ class _ListDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         return self.items[index]
+
+
+def is_streamable(data: Any) -> bool:
+    r"""Whether ``data`` is read from a dataset (and can be read again) rather than held.
+
+    True for a ``Dataset``, a ``DataLoader``, a list of examples (tuples or dicts) and a
+    re-iterable of batches; False for one batch already in memory (Tensor, tuple or list of
+    Tensors, Mapping, :class:`ModelInputs`) and for a one-shot iterator (a generator), which
+    cannot be read twice.
+    """
+    if isinstance(data, (ModelInputs, Tensor, Mapping, tuple)):
+        return False
+    if isinstance(data, list):
+        return bool(data) and isinstance(data[0], (tuple, list, Mapping))
+    if isinstance(data, (Dataset, DataLoader)):
+        return True
+    try:
+        return iter(data) is not data
+    except TypeError:
+        return False
+
+
+class StreamedInputs:
+    r"""The inputs of a dataset, read block by block, where one batch of N would be held.
+
+    It offers what blockwise code uses of a :class:`ModelInputs` of the whole data: ``len``,
+    :meth:`slice` (one block at most), :meth:`blocks` and :meth:`check_compatible`. A slice is
+    read from the source when asked: consecutive blocks continue one pass over the data, a
+    jump seeks (map-style datasets) or reads from the start (other iterables). At most one
+    block (plus one loader batch) is held, whatever N is; text is padded per block.
+
+    Args:
+        source (StreamingSource): the data, in blocks of ``source.block_size``.
+        probe (ModelInputs): a few examples that stand for the data where only shapes,
+                dtypes and sizes matter (compatibility checks, memory estimates).
+    """
+
+    def __init__(self, source: StreamingSource, probe: ModelInputs) -> None:
+        self.source = source
+        self.probe = probe
+        self._cursor: Iterator[tuple[int, ModelInputs, Tensor | None]] | None = None
+        self._next = -1
+
+    @property
+    def num_examples(self) -> int:
+        """N, the number of examples."""
+        return self.source.num_examples
+
+    def __len__(self) -> int:
+        return self.source.num_examples
+
+    @property
+    def block_size(self) -> int:
+        """Examples per block of the source."""
+        return self.source.block_size
+
+    def rebatched(self, block_size: int) -> StreamedInputs:
+        """The same data read in blocks of ``block_size`` (no pass over the data)."""
+        if block_size == self.block_size:
+            return self
+        return StreamedInputs(StreamingSource(self, block_size, self.source.name), self.probe)
+
+    def _block(self, index: int) -> ModelInputs:
+        if self._cursor is None or index != self._next:
+            self._cursor = self.source.blocks(index)
+        _, inputs, _ = next(self._cursor)
+        self._next = index + 1
+        return inputs
+
+    def slice(self, start: int, stop: int) -> ModelInputs:
+        r"""Examples ``start:stop``, read from the source; at most one block's worth.
+
+        Raises:
+            IndexError: an empty or out-of-range slice.
+            ValueError: a slice longer than a block (iterate :meth:`blocks` instead).
+        """
+        size, n = self.block_size, self.num_examples
+        if not 0 <= start < stop <= n:
+            raise IndexError(f"slice {start}:{stop} out of range for {n} examples.")
+        if start % size == 0 and stop == min(start + size, n):
+            return self._block(start // size)
+        if stop - start > size:
+            raise ValueError(
+                f"{self.source.name} is read block by block ({size} examples) and never held "
+                f"whole; slice {start}:{stop} is longer: iterate blocks() instead."
+            )
+        parts = []
+        for index in range(start // size, (stop - 1) // size + 1):
+            first = index * size
+            block = self._block(index)
+            parts.append(
+                block.slice(max(start, first) - first, min(stop, first + len(block)) - first)
+            )
+        return trim_padding(pad_concat(parts))
+
+    def blocks(self, batch_size: int) -> Iterator[tuple[int, ModelInputs]]:
+        """Yields ``(start, block)`` pairs of at most ``batch_size`` examples, in one pass."""
+        for start, inputs, _ in self.rebatched(batch_size).source.blocks():
+            yield start, inputs
+
+    def check_compatible(
+        self, other: ModelInputs, names: tuple[str, str] = ("inputs1", "inputs2")
+    ) -> None:
+        """:meth:`ModelInputs.check_compatible` against the probe examples."""
+        self.probe.check_compatible(other, names)

@@ -20,6 +20,7 @@ from ..engine.budget import FEATURE_SHARE
 from ..engine.features import FeatureMap, Features
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_finite
+from ..engine.streaming import StreamedInputs
 
 
 def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,14 +60,25 @@ class FeatureCache:
 
     Args:
         fmap (FeatureMap): the feature map.
-        inputs (ModelInputs): N examples.
+        inputs (ModelInputs or StreamedInputs): N examples, held or read from a dataset block
+                by block (``batch_size`` must then be the blocks' size, so each block is read
+                when its features are computed and never held longer).
         batch_size (int): examples per block.
         name (str): what the inputs are called in error messages.
     """
 
     def __init__(
-        self, fmap: FeatureMap, inputs: ModelInputs, batch_size: int, name: str = "inputs"
+        self,
+        fmap: FeatureMap,
+        inputs: ModelInputs | StreamedInputs,
+        batch_size: int,
+        name: str = "inputs",
     ) -> None:
+        if isinstance(inputs, StreamedInputs) and inputs.block_size != batch_size:
+            raise ValueError(
+                f"{name} are read in blocks of {inputs.block_size} examples but the cache "
+                f"computes blocks of {batch_size}: pass inputs.rebatched({batch_size})."
+            )
         self.fmap = fmap
         self.name = name
         self.inputs = inputs
