@@ -126,20 +126,23 @@ def test_memory_limit_bounds_allocations(
 def test_classes_are_chunked_and_match_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     model = models.make_mlp(d_in=3, d_hidden=5, d_out=30)  # float64, P = 200, C = 30
     x1, x2 = models.mlp_inputs(4, d_in=3), models.mlp_inputs(3, seed=7, d_in=3)
+    from captum_ntk.engine.gram.gradients import CapturedGradients
+
     calls: list[tuple[int, tuple[int, int] | None]] = []
-    jacobian = ModelFunction.jacobian
+    for owner in (ModelFunction, CapturedGradients):  # torch.func, and the capture (proj_*)
 
-    def recording(self, inputs, classes=None):  # noqa: ANN001, ANN202
-        calls.append((inputs.num_examples, classes))
-        return jacobian(self, inputs, classes)
+        def recording(self, inputs, classes=None, jacobian=owner.jacobian):  # noqa: ANN001, ANN202
+            calls.append((inputs.num_examples, classes))
+            return jacobian(self, inputs, classes)
 
-    monkeypatch.setattr(ModelFunction, "jacobian", recording)
+        monkeypatch.setattr(owner, "jacobian", recording)
     names = ref.library_parameters(model)
     g1, g2 = ref.ref_gradients(model, x1, names), ref.ref_gradients(model, x2, names)
     for kernel, options in [
         ("trntk", {"engine": "jacobian"}),
         ("entk", {"engine": "jacobian"}),
         ("proj_trntk", {"projection_dim": 50}),
+        ("proj_trntk", {"projection_dim": 50, "engine": "jacobian"}),
     ]:
         fmap = build_feature_map(model, kernel, **options)
         limit = minimum_memory_limit(fmap, ModelInputs.from_user(x1))

@@ -206,6 +206,9 @@ class ProjectedJacobianFeatures(FeatureMap):
     def __init__(self, function: ModelFunction, projection: RandomProjection) -> None:
         super().__init__(function)
         self.projection = projection
+        #: where per-example gradients come from: ``function`` (``torch.func``) or an object
+        #: with the same ``jacobian`` method (``engine.gram.gradients.CapturedGradients``)
+        self.gradients = function
 
     def example_bytes(self, inputs: ModelInputs) -> int:
         c = self.function.num_outputs(inputs)
@@ -219,7 +222,7 @@ class ProjectedJacobianFeatures(FeatureMap):
             block = inputs.slice(e0, e1)
             for c0, c1 in class_ranges:
                 rows = (e1 - e0) * (c1 - c0)
-                parts = self.function.jacobian(block, (c0, c1))
+                parts = self.gradients.jacobian(block, (c0, c1))
                 feats = self.projection([p.reshape(rows, -1) for p in parts])
                 feats = feats.reshape(e1 - e0, c1 - c0, -1)
                 if len(example_ranges) == 1 and len(class_ranges) == 1:
@@ -241,6 +244,8 @@ class ProjectedSummedGradientFeatures(FeatureMap):
     def __init__(self, function: ModelFunction, projection: RandomProjection) -> None:
         super().__init__(function)
         self.projection = projection
+        #: where per-example gradients come from (see :class:`ProjectedJacobianFeatures`)
+        self.gradients = function
 
     def example_bytes(self, inputs: ModelInputs) -> int:
         return self.projection.projection_dim * self.itemsize
@@ -249,7 +254,7 @@ class ProjectedSummedGradientFeatures(FeatureMap):
         example_ranges, _ = self.passes(inputs, 1)
         out: Tensor | None = None
         for e0, e1 in example_ranges:
-            feats = self.projection(self.function.summed_gradient(inputs.slice(e0, e1)))
+            feats = self.projection(self.gradients.summed_gradient(inputs.slice(e0, e1)))
             if len(example_ranges) == 1:
                 return feats
             if out is None:

@@ -23,8 +23,13 @@ from ..engine.budget import (
     MemoryBudgetError,
     pass_bytes,
 )
-from ..engine.features import FeatureMap
+from ..engine.features import (
+    FeatureMap,
+    ProjectedJacobianFeatures,
+    ProjectedSummedGradientFeatures,
+)
 from ..engine.gram import GRAM_KERNELS, GramFeatures
+from ..engine.gram.gradients import CapturedGradients
 from ..engine.inputs import ModelInputs
 from ..engine.kronecker import KroneckerFeatures
 from ..engine.model import ModelFunction, check_mode
@@ -36,6 +41,8 @@ from .registry import kernel_spec
 
 #: Values of ``engine``: how exact gradient kernels are computed.
 ENGINES = ("auto", "jacobian", "gram")
+#: feature maps that project per-example gradients (served by the capture under engine="auto")
+PROJECTED_GRADIENTS = (ProjectedJacobianFeatures, ProjectedSummedGradientFeatures)
 
 #: Largest automatic batch size.
 MAX_AUTO_BATCH = 256
@@ -92,6 +99,8 @@ def build_feature_map(
         )
     if isinstance(fmap, KroneckerFeatures):  # one-position layers in Gram form (cheaper)
         fmap.gram_form = engine != "jacobian"
+    if isinstance(fmap, PROJECTED_GRADIENTS) and engine != "jacobian":
+        fmap.gradients = CapturedGradients(function, limit)  # instead of vmap(jacrev / grad)
     fmap.memory_limit = limit
     return fmap
 
@@ -315,7 +324,12 @@ def kernel_matrix(
                 "gram": per-layer Grams of layer inputs and output gradients (Linear, Conv,
                 Embedding; normalisation layers materialised; other parameters through the
                 Jacobian path), raising for other kernels. "auto" (default): "gram" for the
-                exact gradient kernels, "jacobian" for the rest. With
+                exact gradient kernels, "jacobian" for the rest. For ``proj_trntk`` and
+                ``proj_pntk`` with a matrix projection ("rademacher", "gaussian", "sjlt"),
+                "auto" computes the per-example gradients from the Gram engine's capture
+                (layer inputs times output gradients, one batched matmul per layer;
+                :mod:`captum_ntk.engine.gram.gradients`) instead of ``vmap(jacrev)`` /
+                ``vmap(grad)``; the two agree to float rounding. With
                 ``projection="kronecker"``, "auto" also keeps one-position layers (Linear
                 layers on vectors) in Gram form: their kernel is ``<P_in a_i, P_in a_j> sum_c
                 <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker features' inner

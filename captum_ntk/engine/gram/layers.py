@@ -66,6 +66,18 @@ class LayerRule:
         """``sum_{b,k} weights[b, k] grad_b^k`` flattened, (p,), for the consistency check."""
         raise NotImplementedError
 
+    def materialised(self, captured: Any, delta: Tensor) -> list[Tensor]:
+        """Per-example gradients (B, K, p_i), one per name of ``param_names``, each flattened
+        as its parameter."""
+        use, self.use_gram = self.use_gram, False
+        try:
+            out = self.finish(captured, delta)
+        finally:
+            self.use_gram = use
+        assert isinstance(out, Tensor)
+        sizes = [self.module.get_parameter(n.rsplit(".", 1)[-1]).numel() for n in self.param_names]
+        return list(out.split(sizes, dim=2))
+
     def costs(self, captured: Any, num_logits: int) -> tuple[float, float]:
         """Multiply-adds per pair of examples: (Gram form, materialised gradients)."""
         raise NotImplementedError
@@ -119,6 +131,19 @@ class AffineRule(LayerRule):
             parts.append(d.sum(3).reshape(b, k, -1))
         return torch.cat(parts, dim=2)
 
+    def materialised(self, captured: Tensor, delta: Tensor) -> list[Tensor]:
+        """Weight (B, K, g o x) and bias (B, K, g o) gradients, never concatenated."""
+        d = self._delta(delta)
+        b, k, g, t, o = d.shape
+        if t == 1:  # an outer product per example: one broadcast multiply
+            weight = d[:, :, :, 0, :, None] * captured[:, None, :, 0, None, :]
+        else:
+            weight = torch.einsum("bgtx,bkgto->bkgox", captured, d)
+        parts = [weight.reshape(b, k, -1)]
+        if self.bias:
+            parts.append(d.sum(3).reshape(b, k, -1))
+        return parts
+
     def weighted_grad(self, captured: Tensor, delta: Tensor, weights: Tensor) -> Tensor:
         d = self._delta(delta)
         parts = [torch.einsum("bgtx,bkgto,bk->gox", captured, d, weights).reshape(-1)]
@@ -153,6 +178,19 @@ class EmbeddingRule(LayerRule):
         b, k, t, o = d.shape
         flat = d.permute(0, 2, 1, 3).reshape(b, 1, t, k * o)
         return GramPiece(captured[0], flat, k, False, captured[1])
+
+    def materialised(self, captured: tuple[Tensor, Tensor], delta: Tensor) -> list[Tensor]:
+        """[(B, K, V d)]: per example, the rows of its tokens (the rest zero), row-major."""
+        tokens, valid = captured
+        d = self._delta(delta)  # (B, K, T, d)
+        b, k, _, o = d.shape
+        v = self.module.weight.shape[0]
+        rows, cols = valid.nonzero(as_tuple=True)
+        index = (rows[:, None] * k + torch.arange(k, device=d.device)) * v
+        index = index + tokens[rows, cols][:, None]  # (n, K) rows of the (B K V, d) output
+        out = d.new_zeros(b * k * v, o)
+        out.index_add_(0, index.reshape(-1), d[rows, :, cols].reshape(-1, o))
+        return [out.reshape(b, k, v * o)]
 
     def weighted_grad(self, captured: tuple[Tensor, Tensor], delta: Tensor, weights: Tensor):
         tokens, valid = captured

@@ -1,0 +1,125 @@
+"""Per-example gradients by capture (engine.gram.gradients) against torch.func, and in kernels."""
+
+from __future__ import annotations
+
+import models
+import pytest
+import torch
+from torch import Tensor, nn
+
+from captum_ntk.engine.gram.gradients import CapturedGradients
+from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.model import ModelFunction
+
+
+class HeadFirst(nn.Module):
+    """Registers its head before its body; a LayerNorm and a bias-free Linear in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 4)
+        self.norm = nn.LayerNorm(8)
+        self.body = nn.Sequential(nn.Linear(5, 8, bias=False), nn.Tanh(), nn.Linear(8, 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.norm(torch.tanh(self.body(x))))
+
+
+class Centred(nn.Module):
+    """The forward pass mixes the examples of a block (centring over the batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.inp(x))
+        return self.out(h - 0.5 * h.mean(dim=0, keepdim=True))
+
+
+def _head_first() -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(3)
+    return HeadFirst().double().eval(), torch.randn(5, 5, dtype=torch.float64)
+
+
+CASES = {
+    "mlp": lambda: (models.make_mlp(), models.mlp_inputs(5)),
+    "cnn_batchnorm": lambda: (models.make_cnn(), models.cnn_inputs(4)),
+    "transformer_embedding": lambda: (models.make_transformer(), models.transformer_inputs(4)),
+    "two_inputs": lambda: (models.make_two_input(), models.two_input_inputs(4)),
+    "keyword_inputs": lambda: (models.make_keyword(), models.keyword_inputs(4)),
+    "tied_weights": lambda: (models.make_tied(), models.mlp_inputs(4)),
+    "head_registered_first": _head_first,
+}
+
+
+def _close(actual: list[Tensor], expected: list[Tensor], tol: float = 1e-12) -> None:
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        scale = max(float(e.abs().max()), 1e-300)
+        assert float((a - e).abs().max()) <= tol * scale
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_captured_gradients_equal_torch_func(case: str) -> None:
+    model, x = CASES[case]()
+    inputs = ModelInputs.from_user(x, "x")
+    function = ModelFunction(model)
+    captured = CapturedGradients(function)
+    c = function.num_outputs(inputs)
+    _close(captured.summed_gradient(inputs), function.summed_gradient(inputs))
+    _close(captured.jacobian(inputs), function.jacobian(inputs))
+    part = (1, min(3, c)) if c > 1 else (0, 1)
+    _close(captured.jacobian(inputs, part), function.jacobian(inputs, part))
+    if case == "tied_weights":  # tied parameters cannot be split per module: torch.func
+        assert captured.fallback is not None and captured.not_covered
+    elif case == "transformer_embedding":  # nn.MultiheadAttention's fused in_proj: torch.func
+        assert all(n.startswith("encoder.self_attn.") for n in captured.fallback.names)
+        assert any(
+            n.startswith("embed") for n in function.names if n not in captured.fallback.names
+        )
+    else:
+        assert captured.fallback is None, captured.not_covered
+
+
+def test_layer_selection_and_in_place_updates() -> None:
+    model, x = models.make_cnn(), models.cnn_inputs(3)
+    inputs = ModelInputs.from_user(x, "x")
+    function = ModelFunction(model, ["conv1", "fc"])
+    captured = CapturedGradients(function)
+    _close(captured.jacobian(inputs), function.jacobian(inputs))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    fresh = ModelFunction(model, ["conv1", "fc"])
+    _close(CapturedGradients(fresh).jacobian(inputs), fresh.jacobian(inputs))
+
+
+def test_examples_mixing_forward_falls_back_to_torch_func() -> None:
+    torch.manual_seed(0)
+    model = Centred().double().eval()
+    x = models.mlp_inputs(4)
+    function = ModelFunction(model)
+    planned_on_block = CapturedGradients(function)
+    one = ModelInputs.from_user(x[:1], "x")
+    planned_on_block.plan(ModelInputs.from_user(x, "x"))
+    assert planned_on_block.rules == [] and planned_on_block.fallback is function
+    late = CapturedGradients(function)
+    late.plan(one)  # one example cannot show the mixing
+    assert late.rules
+    block = ModelInputs.from_user(x, "x")
+    _close(late.jacobian(block), function.jacobian(block))  # detected, then torch.func
+    assert late.rules == [] and "depends on the other examples" in late.not_covered["out"]
+
+
+@pytest.mark.parametrize("projection", ["rademacher", "sjlt"])
+@pytest.mark.parametrize("kernel", ["proj_trntk", "proj_pntk"])
+def test_projected_kernels_agree_between_engines(kernel: str, projection: str) -> None:
+    import captum_ntk as cn
+
+    model, x = models.make_cnn(), models.cnn_inputs(6)
+    opts = dict(kernel=kernel, projection=projection, projection_dim=24, seed=5)
+    auto = cn.kernel_matrix(model, x[:4], x[4:], **opts)
+    func = cn.kernel_matrix(model, x[:4], x[4:], engine="jacobian", **opts)
+    assert float((auto - func).abs().max()) <= 1e-12 * float(func.abs().max())
