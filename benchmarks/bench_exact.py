@@ -8,13 +8,16 @@ Prints wall times (best of ``--repeat``) of exact trNTK0 / trNTK computed three 
 * plain torch.func: ``vmap(jacrev(f))`` over all N examples, then one matmul per parameter of the
   flattened Jacobians (N x C x P numbers held at once).
 
-Cases: the 784-512-512-10 MLP at N=512 (trNTK0), ``DigitsMLP`` on all 1,797 sklearn digits (trNTK),
-and the CIFAR-shaped ResNet-18 (trNTK0 kernel entries/s at small N).
+Cases: the 784-512-512-10 MLP at N=512 (all three ways) and N=2048 (Gram engine only: the plain
+way would hold N x C x P float32 Jacobians, 54.9 GB, and the printout says so), ``DigitsMLP`` on
+all 1,797 sklearn digits (trNTK), and the CIFAR-shaped ResNet-18 (trNTK0 kernel entries/s; the
+Jacobian engine only up to N = ``--jacobian-max-n``).
 
 Usage::
 
     python benchmarks/bench_exact.py
     python benchmarks/bench_exact.py --n-mlp 256 --n-resnet 4 --repeat 1
+    python benchmarks/bench_exact.py --device cuda --n-resnet 2048
 """
 
 from __future__ import annotations
@@ -40,12 +43,19 @@ def warm_up(model: nn.Module, x: Tensor, kernel: str) -> None:
         cn.kernel_matrix(model, x[:4], kernel=kernel, engine=engine)
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Tensor], repeat: int) -> tuple[float, Tensor]:
     """Best wall time of ``repeat`` runs."""
     best, out = float("inf"), None
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         out = fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best, out
 
@@ -62,7 +72,9 @@ def plain_trntk0(model: nn.Module, x: Tensor) -> Tensor:
     return sum(j.reshape(n, -1) @ j.reshape(n, -1).T for j in jac.values())
 
 
-def available_bytes() -> int:
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -74,47 +86,58 @@ def rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def mlp_case(n: int, repeat: int, skip_plain: bool) -> None:
+def mlp_case(
+    n: int, repeat: int, skip_plain: bool, device: torch.device, jacobian_max_n: int
+) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
     ).eval()
-    x = torch.randn(n, 784)
+    model.to(device)
+    x = torch.randn(n, 784).to(device)
     p = sum(q.numel() for q in model.parameters())
     warm_up(model, x, "trntk0")
-    print(f"\n[1] MLP 784-512-512-10 (P = {p:,}, C = 10), exact trNTK0, N = {n}, float32")
+    entries = n * n
+    print(f"\n[1] MLP 784-512-512-10 (P = {p:,}, C = 10), exact trNTK0, N = {n}, float32, {device}")
     t_gram, k_gram = timed(
         lambda: cn.kernel_matrix(model, x, kernel="trntk0", engine="gram"), repeat
     )
-    print(f"  gram engine                 {t_gram:8.3f} s")
-    t_jac, k_jac = timed(
-        lambda: cn.kernel_matrix(model, x, kernel="trntk0", engine="jacobian"), repeat
-    )
-    print(f"  jacobian engine             {t_jac:8.3f} s   ({t_jac / t_gram:6.1f}x the gram time)")
-    print(f"  max rel. difference gram vs jacobian: {rel(k_gram, k_jac):.2e}")
+    print(f"  gram engine                 {t_gram:8.3f} s   {entries / t_gram:12.0f} entries/s")
+    if n <= jacobian_max_n:
+        t_jac, k_jac = timed(
+            lambda: cn.kernel_matrix(model, x, kernel="trntk0", engine="jacobian"), repeat
+        )
+        print(
+            f"  jacobian engine             {t_jac:8.3f} s   {entries / t_jac:12.0f} entries/s"
+            f"   ({t_jac / t_gram:6.1f}x the gram time)"
+        )
+        print(f"  max rel. difference gram vs jacobian: {rel(k_gram, k_jac):.2e}")
+    else:
+        print(f"  jacobian engine skipped (N > --jacobian-max-n {jacobian_max_n})")
     need = n * 10 * p * 4
     if skip_plain:
         return
-    if available_bytes() < 1.5 * need:
+    if available_bytes(device) < 1.5 * need:
         print(
-            f"  plain torch.func skipped: needs {need / 2**30:.1f} GiB of Jacobians, "
-            f"{available_bytes() / 2**30:.1f} GiB available (use --n-mlp 256)"
+            f"  plain vmap(jacrev) skipped: it holds all N x C x P float32 Jacobians at once, "
+            f"{n:,} x 10 x {p:,} x 4 bytes = {need / 1e9:.1f} GB ({need / 2**30:.1f} GiB); "
+            f"{available_bytes(device) / 2**30:.1f} GiB available"
         )
         return
     t_plain, k_plain = timed(lambda: plain_trntk0(model, x), repeat)
     print(
-        f"  plain vmap(jacrev) + matmul {t_plain:8.3f} s   ({t_plain / t_gram:6.1f}x the gram "
-        f"time; holds {need / 2**30:.1f} GiB of Jacobians)"
+        f"  plain vmap(jacrev) + matmul {t_plain:8.3f} s   {entries / t_plain:12.0f} entries/s"
+        f"   ({t_plain / t_gram:6.1f}x the gram time; holds {need / 2**30:.1f} GiB of Jacobians)"
     )
     print(f"  max rel. difference gram vs plain: {rel(k_gram, k_plain):.2e}")
 
 
-def digits_case(repeat: int) -> None:
+def digits_case(repeat: int, device: torch.device) -> None:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    model = DigitsMLP().eval()
+    x = (torch.tensor(data.data, dtype=torch.float32) / 16.0).to(device)
+    model = DigitsMLP().eval().to(device)
     p = sum(q.numel() for q in model.parameters())
     warm_up(model, x, "trntk")
     print(f"\n[2] DigitsMLP (P = {p:,}, C = 10), exact trNTK, all {len(x):,} digits, float32")
@@ -127,13 +150,14 @@ def digits_case(repeat: int) -> None:
     print(f"  max rel. difference gram vs jacobian: {rel(k_gram, k_jac):.2e}")
 
 
-def resnet_case(n: int, repeat: int) -> None:
+def resnet_case(n: int, repeat: int, device: torch.device, jacobian_max_n: int) -> None:
     from captum_ntk.apps.reproduce.paper_models import resnet18_cifar
 
-    model = resnet18_cifar(seed=0).eval()
-    x = torch.randn(n, 3, 32, 32)
+    model = resnet18_cifar(seed=0).eval().to(device)
+    x = torch.randn(n, 3, 32, 32).to(device)
     p = sum(q.numel() for q in model.parameters())
     entries = n * n
+    batch = n if n <= 256 else None  # None: the memory-budgeted automatic block size
     print(f"\n[3] ResNet-18 CIFAR-shaped (P = {p:,}, C = 10), exact trNTK0, N = {n}, float32")
     fmap = cn.kernels.build_feature_map(model, "trntk0", engine="gram")
     fmap.plan(cn.engine.inputs.ModelInputs.from_user(x[:4]))
@@ -141,9 +165,13 @@ def resnet_case(n: int, repeat: int) -> None:
     n_gram = sum(v == "gram" for v in forms.values())
     print(f"  plan: {n_gram} layers in Gram form, {len(forms) - n_gram} materialised")
     t_gram, k_gram = timed(
-        lambda: cn.kernel_matrix(model, x, kernel="trntk0", engine="gram", batch_size=n), repeat
+        lambda: cn.kernel_matrix(model, x, kernel="trntk0", engine="gram", batch_size=batch),
+        repeat,
     )
     print(f"  gram engine      {t_gram:8.2f} s   {entries / t_gram:10.1f} entries/s")
+    if n > jacobian_max_n:
+        print(f"  jacobian engine skipped (N > --jacobian-max-n {jacobian_max_n})")
+        return
     t_jac, k_jac = timed(lambda: cn.kernel_matrix(model, x, kernel="trntk0", engine="jacobian"), 1)
     print(
         f"  jacobian engine  {t_jac:8.2f} s   {entries / t_jac:10.1f} entries/s "
@@ -154,20 +182,30 @@ def resnet_case(n: int, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-mlp", type=int, default=512)
+    parser.add_argument("--n-mlp", default="512,2048", help="comma-separated N of the MLP case")
     parser.add_argument("--n-resnet", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--jacobian-max-n", type=int, default=512,
+                        help="largest N timed with the Jacobian engine")  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--cases", default="mlp,digits,resnet")
     args = parser.parse_args()
+    device = torch.device(args.device)
     print(
         f"captum_ntk bench_exact  date {datetime.date.today()}  torch {torch.__version__}  "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"{torch.get_num_threads()} torch threads, "
-        f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}"
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}"
     )
-    mlp_case(args.n_mlp, args.repeat, args.skip_plain)
-    digits_case(args.repeat)
-    resnet_case(args.n_resnet, 1)
+    cases = args.cases.split(",")
+    if "mlp" in cases:
+        for n in (int(v) for v in args.n_mlp.split(",")):
+            mlp_case(n, args.repeat, args.skip_plain, device, args.jacobian_max_n)
+    if "digits" in cases:
+        digits_case(args.repeat, device)
+    if "resnet" in cases:
+        resnet_case(args.n_resnet, 1, device, args.jacobian_max_n)
 
 
 if __name__ == "__main__":

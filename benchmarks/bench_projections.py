@@ -12,10 +12,23 @@ Sections:
   test x train and train x train entries, the seconds taken, and tau_K of the kGLM fitted with
   ``attr.fit_surrogate()`` defaults (``captum_ntk.metrics.faithfulness``) next to the exact
   kernel's tau_K.
-- ``speed``: examples/s of proj_pntk and proj_trntk features of the MNIST-shaped MLP at K=1024
-  for each projection, against the plain dense way (a K x P ``torch.randn`` matrix generated
-  once, then one matmul per batch; generation time printed separately) and TRAK's
-  ``BasicProjector`` (if ``traker`` is installed).
+- ``speed``: examples/s of proj_pntk and proj_trntk features (``build_feature_map``) for each
+  projection, on the models of ``--models`` (``benchmarks/models.py``: ``mlp`` 784-512-512-10,
+  ``resnet`` CIFAR ResNet-18, ``minilm`` a MiniLM-sized BERT classifier over 32 padded tokens),
+  at K = 1024 on the CPU and 10240 with ``--device cuda``, against two baselines sharing the
+  plain torch.func per-example gradients (``vmap(grad)`` / ``vmap(jacrev)`` of ``functional_call``;
+  Hugging Face models through ``trim_padding`` / ``prepare_inputs`` / ``vmap_safe``): a dense
+  ``torch.randn`` K x P matrix (generated once if it takes at most 4 GiB on the CPU / 24 GiB on
+  CUDA, else blockwise per batch, as printed) and TRAK's ``BasicProjector``. On the CPU, when
+  K x P floats exceed 4 GiB, dense kinds (plain, TRAK, rademacher) are timed on K / 8 rows
+  (``--timed-scale``) and their projection time multiplied by 8 (generation and matmul are linear
+  in K), and Gaussian is skipped (its generation time per pass is printed).
+
+Usage of the speed section::
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_projections.py --sections speed \
+        --models mlp,resnet,minilm [--device cpu|cuda] [--quick]
+
 - ``mnist2``: seconds for the 4000 x 4000 train kernel of an MNIST2-shaped MLP
   784-100-100-100-100-1 (random inputs): exact trntk against proj_trntk at the default K.
 - ``precision``: error of precision="bf16" against "fp32" (features and kernel) and speed.
@@ -24,31 +37,27 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from models import MODEL_NAMES, BenchModel, build_model, mlp
 from torch import Tensor, nn
+from torch.func import functional_call, grad, jacrev, vmap
 from torch.utils.data import TensorDataset
 
 import captum_ntk as cn
 from captum_ntk.apps.datasets import load_digits_tensors
 from captum_ntk.apps.models import DigitsCNN, train_classifier
 from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.projection import RandomProjection
 from captum_ntk.kernels.matrix import build_feature_map
 from captum_ntk.metrics import faithfulness
 
 PROJECTIONS = ("rademacher", "gaussian", "sjlt", "kronecker")
 KS = (1024, 4096, 10240)
-
-
-def mlp(*widths: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(nn.Flatten(), *layers)
 
 
 def digits(image: bool, n_train: int, n_test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -62,8 +71,12 @@ def upsample(x: Tensor) -> Tensor:
 
 
 def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return out, time.perf_counter() - start
 
 
@@ -128,8 +141,8 @@ def section_residual(quick: bool, models: str = "cnn,mlp") -> None:
     residual_rows("MNIST-shaped MLP 784-512-512-10", net, data, "pntk", "proj_pntk", runs)
 
 
-def feature_rate(model, kernel, projection, k, x, batch) -> float:
-    fmap = build_feature_map(model, kernel, projection=projection, projection_dim=k)
+def feature_rate(model, kernel, projection, k, x, batch, device=None) -> float:
+    fmap = build_feature_map(model, kernel, projection=projection, projection_dim=k, device=device)
     fmap(ModelInputs.from_user(x[:2], "x"))  # plan, caches
     _, secs = timed(lambda: [
         fmap(ModelInputs.from_user(x[i : i + batch], "x")) for i in range(0, len(x), batch)
@@ -137,38 +150,196 @@ def feature_rate(model, kernel, projection, k, x, batch) -> float:
     return len(x) / secs
 
 
-def gradients(model, kernel, x) -> Tensor:
-    function = build_feature_map(model, "pntk" if kernel == "proj_pntk" else "trntk",
-                                 engine="jacobian").function  # fmt: skip
-    inputs = ModelInputs.from_user(x, "x")
-    if kernel == "proj_pntk":
-        return torch.cat(function.summed_gradient(inputs), dim=1)
-    parts = function.jacobian(inputs)
-    return torch.cat([p.reshape(-1, p.shape[-1]) for p in parts], dim=1)
+class TimedCall:
+    """Wraps a callable and adds up the wall time spent in it."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.secs = fn, 0.0
+
+    def __call__(self, *args):
+        out, secs = timed(lambda: self.fn(*args))
+        self.secs += secs
+        return out
 
 
-def baseline_rates(model, kernel, k, x, batch) -> dict[str, float]:
-    num_params = sum(p.numel() for p in model.parameters())
-    rates = {}
-    dense, secs = timed(lambda: torch.randn(k, num_params))
-    print(f"  plain dense: K x P randn generated once in {secs:.1f}s")
-    _, secs = timed(lambda: [
-        gradients(model, kernel, x[i : i + batch]) @ dense.T for i in range(0, len(x), batch)
-    ])  # fmt: skip
-    rates["plain dense (randn once, matmul)"] = len(x) / secs
-    dense = None
+@dataclass
+class SpeedSetup:
+    """One (model, kernel) measurement: K, examples, batch and the timed-rows scale of dense kinds."""
+
+    bench: BenchModel
+    kernel: str
+    k: int
+    n: int
+    batch: int
+    device: torch.device
+    #: dense projections are timed on K / scale rows, their projection time multiplied by scale
+    scale: int = 1
+
+    @property
+    def k_timed(self) -> int:
+        return self.k // self.scale
+
+    def blocks(self):
+        x = ModelInputs.from_user(self.bench.inputs(self.n, self.device), "x")
+        return [x.slice(i, min(i + self.batch, self.n)) for i in range(0, self.n, self.batch)]
+
+
+def library_rate(setup: SpeedSetup, projection: str) -> float:
+    """Examples/s of ``build_feature_map`` features (dense kinds extrapolated from K / scale rows)."""
+    dense = projection in ("rademacher", "gaussian")
+    k = setup.k_timed if dense else setup.k
+    model, p = setup.bench.model, setup.bench.num_params
+    blocks = setup.blocks()
+    try:
+        fmap = build_feature_map(model, setup.kernel, projection=projection, projection_dim=k,
+                                 device=setup.device)  # fmt: skip
+        fmap(blocks[0].slice(0, 1))  # plan, caches
+        fmap(blocks[0])
+    except RuntimeError as err:  # report and measure the torch.func gradient path instead
+        print(f"  {projection}: engine='auto' failed ({str(err)[:160]}); engine='jacobian' used")
+        fmap = build_feature_map(model, setup.kernel, projection=projection, projection_dim=k,
+                                 device=setup.device, engine="jacobian")  # fmt: skip
+    if dense and setup.scale > 1:  # the K-row matrix is regenerated per pass: so must K / scale
+        fmap.projection = RandomProjection(p, k, projection, 0, setup.device,
+                                           cache_bytes=0, scratch_bytes=fmap.projection.scratch_bytes)  # fmt: skip
+    fmap(blocks[0].slice(0, 1))  # plan, caches
+    if dense:
+        fmap.projection = TimedCall(fmap.projection)
+    _, secs = timed(lambda: [fmap(b) for b in blocks])
+    if dense:
+        secs += (setup.scale - 1) * fmap.projection.secs
+    return setup.n / secs
+
+
+def plain_gradients(model: nn.Module, kernel: str, inputs: ModelInputs) -> Tensor:
+    """Per-example gradients the plain torch.func way: vmap(grad) (pntk) / vmap(jacrev) (trntk).
+
+    Returns (B, P) summed-logit gradients or (B C, P) per-logit ones. Hugging Face models go
+    through ``trim_padding`` / ``prepare_inputs`` / ``vmap_safe`` (the documented recipe).
+    """
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    context, args = contextlib.nullcontext(), inputs.args
+    keys: list[str] = []
+    if inputs.kwargs:  # Hugging Face
+        from captum_ntk.integrations import huggingface as hf
+
+        kwargs = hf.prepare_inputs(model, hf.trim_padding(inputs.kwargs))
+        keys, args, context = list(kwargs), tuple(kwargs.values()), hf.vmap_safe(model)
+
+    def logits(p, *values):
+        if keys:
+            out = functional_call(model, p, (), {k: v[None] for k, v in zip(keys, values)})
+            return out.logits[0]
+        return functional_call(model, p, tuple(v[None] for v in values))[0]
+
+    fn = grad(lambda p, *v: logits(p, *v).sum()) if kernel == "proj_pntk" else jacrev(logits)
+    with context:
+        out = vmap(fn, in_dims=(None,) + (0,) * len(args))(params, *args)
+    rows = inputs.num_examples * (1 if kernel == "proj_pntk" else next(iter(out.values())).shape[1])
+    return torch.cat([g.reshape(rows, -1) for g in out.values()], dim=1)
+
+
+def blockwise_dense(g: Tensor, k: int, rows: int) -> Tensor:
+    """g @ S.T for a K x P ``torch.randn`` matrix generated ``rows`` rows at a time."""
+    return torch.cat([g @ torch.randn(min(rows, k - r), g.shape[1], device=g.device).T
+                      for r in range(0, k, rows)], dim=1)  # fmt: skip
+
+
+def baseline_rates(setup: SpeedSetup, cap: int) -> dict[str, float]:
+    """Examples/s of plain vmap gradients with a dense randn projection, and with TRAK's."""
+    p, k, dev = setup.bench.num_params, setup.k_timed, setup.device
+    rows = max(1, min(k, cap // 8 // (4 * p)))
+    whole = setup.scale == 1 and k * p * 4 <= cap
+    if whole:
+        dense, secs = timed(lambda: torch.randn(k, p, device=dev))
+        how = f"randn K x P once ({secs:.1f}s, not counted), one matmul per batch"
+    else:
+        how = f"randn generated blockwise, {rows} rows x P at a time, per batch"
     try:
         from trak.projectors import BasicProjector, ProjectionType
     except ImportError:
-        return rates
-    proj = BasicProjector(num_params, k, 0, ProjectionType.rademacher, torch.device("cpu"))
-    n = min(len(x), 2 * batch)
-    _, secs = timed(lambda: [
-        proj.project(gradients(model, kernel, x[i : i + batch]), model_id=0)
-        for i in range(0, n, batch)
-    ])  # fmt: skip
-    rates["TRAK BasicProjector"] = n / secs
+        BasicProjector = None
+    trak_block = max(1, min(100, k, cap // 8 // (4 * p)))
+    if BasicProjector is not None:
+        trak = BasicProjector(p, k, 0, ProjectionType.rademacher, dev, block_size=trak_block)
+    t_grad, t_plain, t_trak = 0.0, 0.0, 0.0
+    blocks = setup.blocks()
+    plain_gradients(setup.bench.model, setup.kernel, blocks[0].slice(0, 1))  # warm-up
+    for block in blocks:
+        g, secs = timed(lambda b=block: plain_gradients(setup.bench.model, setup.kernel, b))
+        t_grad += secs
+        t_plain += timed(lambda g=g: g @ dense.T if whole else blockwise_dense(g, k, rows))[1]
+        if BasicProjector is not None:
+            t_trak += timed(lambda g=g: trak.project(g, model_id=0))[1]
+        g = None
+    print(f"  plain dense: {how}")
+    if setup.scale > 1:
+        print(f"  dense kinds timed on K/{setup.scale} = {k} rows, projection time x{setup.scale}"
+              f" (generation and matmul are linear in K; gradients timed once)")  # fmt: skip
+    rates = {"plain vmap + dense randn": setup.n / (t_grad + setup.scale * t_plain)}
+    if BasicProjector is not None:
+        name = f"plain vmap + TRAK BasicProjector(block {trak_block})"
+        rates[name] = setup.n / (t_grad + setup.scale * t_trak)
     return rates
+
+
+#: (proj_pntk examples, proj_trntk examples, batch, batch for proj_trntk) on the CPU / CUDA
+SPEED_SIZES = {
+    "cpu": {"mlp": (512, 128, 64, 64), "resnet": (16, 8, 8, 4), "minilm": (16, 16, 8, 8)},
+    "cuda": {"mlp": (8192, 2048, 512, 256), "resnet": (512, 128, 128, 32),
+             "minilm": (512, 256, 128, 64)},
+}  # fmt: skip
+
+
+def speed_model(bench: BenchModel, device: torch.device, k: int, quick: bool,
+                projections: tuple[str, ...], scale: int) -> None:  # fmt: skip
+    """Prints examples/s of every projection and both baselines for proj_pntk and proj_trntk."""
+    bench.model.to(device)
+    p = bench.num_params
+    cap = (24 if device.type == "cuda" else 4) << 30  # bytes a dense matrix may take
+    scale = scale if k * p * 4 > cap and device.type == "cpu" else 1
+    n_p, n_t, b_p, b_t = SPEED_SIZES[device.type][bench.name]
+    for kernel, n, batch in (("proj_pntk", n_p, b_p), ("proj_trntk", n_t, b_t)):
+        n = max(batch, n // 4) if quick else n
+        setup = SpeedSetup(bench, kernel, k, n, batch, device, scale)
+        print(f"\n{kernel} features, {bench.title} (P={p:,}), K={k}, {n} examples, "
+              f"batch {batch}, {device.type}:")  # fmt: skip
+        rates, notes = baseline_rates(setup, cap), []
+        for projection in projections:
+            gen = projection == "gaussian" and device.type == "cpu"
+            if gen and (kernel == "proj_trntk" or scale > 1):
+                rate = GENERATION_RATES.get("gaussian", 13e6)
+                notes.append(f"  {projection}: skipped on the CPU (seeded Gaussian generation runs"
+                             f" at {rate / 1e6:.1f} M entries/s: {k * p / rate:.0f}s per gradient pass)")  # fmt: skip
+                continue
+            if gen:
+                notes.append(f"  {projection}: measured on one batch ({batch} examples)")
+            sub = SpeedSetup(bench, kernel, k, batch, batch, device, scale) if gen else setup
+            rates[projection] = library_rate(sub, projection)
+        plain = rates["plain vmap + dense randn"]
+        for name, rate in rates.items():
+            print(f"  {name:42} {rate:9.2f} ex/s  ({rate / plain:6.2f}x plain)", flush=True)
+        if notes:
+            print("\n".join(notes), flush=True)
+    bench.model.to("cpu")
+
+
+def section_speed(quick: bool, projections: tuple[str, ...] = PROJECTIONS,
+                  models: tuple[str, ...] = ("mlp",), device: str = "cpu",
+                  k: int | None = None, scale: int = 8) -> None:  # fmt: skip
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    k = k or (10240 if dev.type == "cuda" else 1024)
+    print(f"\nspeed: K={k} on {dev}; plain = torch.func vmap(grad) (proj_pntk) or vmap(jacrev) "
+          "(proj_trntk) per-example gradients, then a dense K x P randn projection")  # fmt: skip
+    if dev.type == "cpu":
+        generation_rates()
+    for name in models:
+        speed_model(build_model(name), dev, k, quick, projections, scale)
+
+
+#: entries/s of the seeded generators, as measured by ``generation_rates``
+GENERATION_RATES: dict[str, float] = {}
 
 
 def generation_rates() -> None:
@@ -178,26 +349,8 @@ def generation_rates() -> None:
     for kind in ("rademacher", "gaussian"):
         projection_block(1024, 0, 512, kind)
         _, secs = timed(lambda kind=kind: projection_block(1024, 0, 4096, kind))
-        print(f"  seeded {kind} generation: {1024 * 4096 / secs / 1e6:.1f} M entries/s")
-
-
-def section_speed(quick: bool, projections: tuple[str, ...] = PROJECTIONS) -> None:
-    torch.manual_seed(0)
-    generation_rates()
-    net = mlp(784, 512, 512, 10).eval()
-    k, batch = 1024, 64
-    for kernel, n in (("proj_pntk", 128 if quick else 512), ("proj_trntk", 64 if quick else 128)):
-        x = torch.randn(n, 784)
-        print(f"\n{kernel} features, MLP 784-512-512-10 (P=669,706), K={k}, {n} examples:")
-        rates = baseline_rates(net, kernel, k, x, batch)
-        for projection in projections:
-            if projection == "gaussian" and kernel == "proj_trntk":
-                continue  # about 140 s per generation of the K x P matrix, several per block
-            x_p = x[:batch] if projection == "gaussian" else x  # one generation
-            rates[projection] = feature_rate(net, kernel, projection, k, x_p, batch)
-        plain = rates["plain dense (randn once, matmul)"]
-        for name, rate in rates.items():
-            print(f"  {name:34} {rate:9.1f} ex/s  ({rate / plain:6.1f}x plain dense)")
+        GENERATION_RATES[kind] = 1024 * 4096 / secs
+        print(f"  seeded {kind} generation: {GENERATION_RATES[kind] / 1e6:.1f} M entries/s")
 
 
 def section_mnist2(quick: bool) -> None:
@@ -238,17 +391,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="residual,speed,mnist2,precision")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--models", default="cnn,mlp", help="models of the residual section")
+    parser.add_argument("--models", default=None,
+                        help="residual: cnn,mlp (default both); speed: mlp,resnet,minilm "
+                        "(default mlp)")  # fmt: skip
     parser.add_argument("--projections", default=",".join(PROJECTIONS), help="speed section")
+    parser.add_argument("--device", default="cpu", help="speed section: cpu or cuda")
+    parser.add_argument("--projection-dim", type=int, default=None,
+                        help="speed section K (default 1024 on cpu, 10240 on cuda)")  # fmt: skip
+    parser.add_argument("--timed-scale", type=int, default=8,
+                        help="speed, CPU, K x P over 4 GiB: dense kinds timed on K / this rows")  # fmt: skip
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     for name in args.sections.split(","):
         if name == "residual":
-            section_residual(args.quick, args.models)
+            section_residual(args.quick, args.models or "cnn,mlp")
             continue
         if name == "speed":
-            section_speed(args.quick, tuple(args.projections.split(",")))
+            models = tuple((args.models or "mlp").split(","))
+            unknown = set(models) - set(MODEL_NAMES)
+            if unknown:
+                parser.error(f"speed models {sorted(unknown)} unknown; choose from {MODEL_NAMES}")
+            section_speed(args.quick, tuple(args.projections.split(",")), models,
+                          args.device, args.projection_dim, args.timed_scale)  # fmt: skip
             continue
         {"mnist2": section_mnist2,
          "precision": section_precision}[name](args.quick)  # fmt: skip
