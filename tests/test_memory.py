@@ -92,6 +92,17 @@ def wide_model() -> tuple[nn.Module, Tensor, Tensor]:
     return model, models.mlp_inputs(300, d_in=4), models.mlp_inputs(20, seed=5, d_in=4)
 
 
+def patch_heavy_model() -> tuple[nn.Module, Tensor, Tensor]:
+    """A 3x3 conv from 4 to 2 channels on 48 x 48 images: per example its unfolded input
+    (2,304 positions x 36 values, 332 KB in float32) is 1,150 times its gradient (74 numbers)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 2, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    return model, torch.randn(24, 4, 48, 48), torch.randn(6, 4, 48, 48)
+
+
 BOUNDED = [
     # (model, kernel, options, memory_limit); the old code broke each bound for proj_trntk
     # (a 2.78 MB Jacobian per example) and ck on the wide model (blocks of 256 examples)
@@ -104,14 +115,19 @@ BOUNDED = [
     ("many_class", "proj_pntk", {"projection_dim": 64}, 1 * MiB),
     ("wide", "ck", {}, 4 * MiB),
     ("wide", "embedding", {}, 4 * MiB),
+    ("patch_heavy", "proj_trntk", {"projection_dim": 16}, 2 * MiB),
+    ("patch_heavy", "proj_pntk", {"projection_dim": 16, "projection": "sjlt"}, 2 * MiB),
+    ("patch_heavy", "proj_trntk", {"projection_dim": 16, "projection": "kronecker"}, 2 * MiB),
+    ("patch_heavy", "trntk", {}, 2 * MiB),
 ]
+CASE_MODELS = {"many_class": many_class_model, "wide": wide_model, "patch_heavy": patch_heavy_model}
 
 
 @pytest.mark.parametrize(("case", "kernel", "options", "memory_limit"), BOUNDED)
 def test_memory_limit_bounds_allocations(
     case: str, kernel: str, options: dict, memory_limit: int
 ) -> None:
-    model, x1, x2 = many_class_model() if case == "many_class" else wide_model()
+    model, x1, x2 = CASE_MODELS[case]()
     existing = list(model.parameters()) + list(model.buffers()) + [x1, x2]
     with AllocationTracker(existing) as tracker:
         result = cn.kernel_matrix(model, x1, x2, kernel, memory_limit=memory_limit, **options)

@@ -95,6 +95,11 @@ class FeatureMap:
         """Features of a block of B examples; dimension 0 of size B."""
         raise NotImplementedError
 
+    def block_pass_bytes(self, inputs: ModelInputs) -> int | None:
+        """Bytes per example of a forward pass over a whole block, for feature maps that run
+        one (the Gram engine, the Kronecker projection); None when passes chunk themselves."""
+        return None
+
     def inner(self, f1: Features, f2: Features) -> Tensor:
         """Pairwise inner products, shape (B1, B2)."""
         return _flat(f1) @ _flat(f2).T
@@ -122,7 +127,7 @@ class FeatureMap:
             b,
             classes,
             function.num_params * self.itemsize,
-            function.activation_bytes(inputs),
+            getattr(self, "gradients", function).activation_bytes(inputs),
             self.memory_limit,
         )
         return chunks(b, examples), chunks(classes, chunk)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .features import FeatureMap
 from .gram import GramBlocks, GramFeatures
-from .gram.capture import forward_capture, output_gradients
+from .gram.capture import captured_bytes, forward_capture, output_gradients
 from .gram.contract import GramPiece
 from .gram.engine import (
     MIXED_BATCH,
@@ -326,6 +326,13 @@ class KroneckerFeatures(FeatureMap):
             if gram:  # one position: k_in + rows k_out numbers instead of rows k_in k_out
                 numbers += layer.p_in.shape[0] + rows * layer.p_out.shape[0] - rows * layer.dim
         return numbers * self.itemsize
+
+    def block_pass_bytes(self, inputs: ModelInputs) -> int:
+        """Activations and captured layer inputs of one example (a block runs at once)."""
+        if self.layers is None:
+            self.plan(inputs)
+        captured = captured_bytes(self.function, [x.rule for x in self.layers], inputs)
+        return self.function.activation_bytes(inputs) + captured
 
     def _class_chunk(self, outputs: list[Tensor], count: int) -> int:
         per_combination = 3 * sum(o.numel() * o.element_size() for o in outputs)

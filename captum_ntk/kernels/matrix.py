@@ -179,6 +179,13 @@ def _needs(fmap: FeatureMap, inputs: ModelInputs) -> dict[str, tuple[int, int, s
         "pass": (work, WORK_SHARE, what),
         "block": (entry, BLOCK_SHARE, "one kernel entry"),
     }
+    block_pass = fmap.block_pass_bytes(inputs)
+    if block_pass is not None:
+        needs["block pass"] = (
+            max(1, block_pass),
+            WORK_SHARE,
+            "one example's captured forward pass",
+        )
     projection = getattr(fmap, "projection", None)
     if getattr(projection, "scratch_bytes", None) is not None:
         column = 16 * projection.projection_dim  # one generated column of K entries
@@ -228,6 +235,8 @@ def auto_batch_size(fmap: FeatureMap, inputs: ModelInputs, memory_limit: int) ->
     batch = min(batch, math.isqrt(memory_limit // BLOCK_SHARE // needs["block"][0]))
     if not fmap.uses_gradients:
         batch = min(batch, (memory_limit // WORK_SHARE) // needs["pass"][0])
+    if "block pass" in needs:  # the Gram engine and the Kronecker projection run whole blocks
+        batch = min(batch, (memory_limit // WORK_SHARE) // needs["block pass"][0])
     return int(max(1, batch))
 
 

@@ -143,3 +143,27 @@ def output_gradients(
         cot = combos[start : start + chunk, None, :].expand(-1, b, -1).contiguous()
         pieces.append(_batched_grads(logits, targets, cot))
     return [torch.cat(parts) for parts in zip(*pieces)]
+
+
+def captured_bytes(function: ModelFunction, rules: list[LayerRule], inputs: ModelInputs) -> int:
+    r"""Bytes of one example's recorded layer inputs (unfolded patches for convolutions).
+
+    Args:
+        function (ModelFunction): the model function.
+        rules (list[LayerRule]): the watched modules.
+        inputs (ModelInputs): examples; the first is probed.
+
+    Returns:
+        int: bytes per example that a block's forward capture holds beyond the activations.
+    """
+    if not rules:
+        return 0
+    prepared = function.prepare(inputs.slice(0, 1))
+    with torch.no_grad():
+        record = forward_capture(function, prepared, rules)
+    total = 0
+    for rule in rules:
+        for value in record.inputs.get(rule.name, []):
+            for t in value if isinstance(value, tuple) else (value,):
+                total += t.numel() * t.element_size()
+    return total

@@ -33,7 +33,7 @@ from ..model import (
     batch_statistics_modules,
     stochastic_train_mode_modules,
 )
-from .capture import Capture, forward_capture, output_gradients
+from .capture import Capture, captured_bytes, forward_capture, output_gradients
 from .contract import GramPiece, per_class_inner, trace_inner, trace_sq_norms
 from .layers import LayerRule, make_rule
 
@@ -352,6 +352,13 @@ class GramFeatures(FeatureMap):
             feats = self(probe)
             self._example_bytes = -(-feats.numel() * feats.element_size() // len(feats))
         return self._example_bytes
+
+    def block_pass_bytes(self, inputs: ModelInputs) -> int:
+        """Activations and captured layer inputs of one example (a block runs at once)."""
+        if self.rules is None:
+            self.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+        captured = captured_bytes(self.function, self.rules, inputs)
+        return self.function.activation_bytes(inputs) + captured
 
     # ------------------------------------------------------------------ products
     def _scale(self, value: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..inputs import ModelInputs
 from ..model import ModelFunction
-from .capture import forward_capture, output_gradients
+from .capture import captured_bytes, forward_capture, output_gradients
 from .engine import MIXED_BATCH, PLAN_EXAMPLES, GramFeatures, mixes_examples
 
 
@@ -43,6 +43,7 @@ class CapturedGradients:
         #: module name -> why its parameters go through ``torch.func``
         self.not_covered: dict[str, str] = {}
         self._batch_checked = False
+        self._captured_bytes = 0
 
     def plan(self, inputs: ModelInputs) -> None:
         """Chooses the covered modules on the first examples of ``inputs`` (the Gram plan)."""
@@ -54,6 +55,14 @@ class CapturedGradients:
         self.rules, self.fallback = list(gram.rules or []), gram.fallback
         self.not_covered = dict(gram.not_covered)
         self._batch_checked = gram._batch_checked
+        self._captured_bytes = captured_bytes(self.function, self.rules, inputs)
+
+    def activation_bytes(self, inputs: ModelInputs) -> int:
+        r"""Bytes per example of one gradient pass beyond the gradients: the model's
+        activations (:meth:`ModelFunction.activation_bytes`) plus the captured layer inputs."""
+        if self.rules is None:
+            self.plan(inputs)
+        return self.function.activation_bytes(inputs) + self._captured_bytes
 
     def jacobian(self, inputs: ModelInputs, classes: tuple[int, int] | None = None) -> list[Tensor]:
         r"""As :meth:`ModelFunction.jacobian`: pieces (B, C', p_i) in parameter order."""
