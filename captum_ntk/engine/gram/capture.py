@@ -13,6 +13,7 @@ rule.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,27 +76,29 @@ def forward_capture(
     params = {n: p.detach().requires_grad_(True) for n, p in function.params.items()}
     record = Capture(torch.empty(0), params)
     handles = []
-    for rule in rules:
 
-        def hook(module, args, kwargs, out, rule=rule):
-            if not isinstance(out, Tensor):
-                record.bad[rule.name] = f"it returned {type(out).__name__}, not a Tensor"
-                return None
-            captured = rule.capture(args, kwargs)
-            if captured is None:
-                record.bad[rule.name] = "its call has an unsupported form"
-                return None
-            record.inputs.setdefault(rule.name, []).append(captured)
-            record.outputs.setdefault(rule.name, []).append(out)
-            return out.clone()
+    def hook(module, args, kwargs, out, rule):
+        if not isinstance(out, Tensor):
+            record.bad[rule.name] = f"it returned {type(out).__name__}, not a Tensor"
+            return None
+        captured = rule.capture(args, kwargs)
+        if captured is None:
+            record.bad[rule.name] = "its call has an unsupported form"
+            return None
+        record.inputs.setdefault(rule.name, []).append(captured)
+        record.outputs.setdefault(rule.name, []).append(out)
+        return out.clone()
 
-        handles.append(rule.module.register_forward_hook(hook, with_kwargs=True))
-    try:
-        with torch.enable_grad(), function.context():
+    # entering the context may run the model (the Hugging Face vmap probe): hooks come after
+    with torch.enable_grad(), function.context():
+        try:
+            for rule in rules:
+                watch = functools.partial(hook, rule=rule)
+                handles.append(rule.module.register_forward_hook(watch, with_kwargs=True))
             logits = function._call(params, inputs.args, inputs.kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+        finally:
+            for handle in handles:
+                handle.remove()
     record.logits = _as_2d(logits, inputs.num_examples)
     return record
 
