@@ -151,6 +151,12 @@ def test_hugging_face_model_whose_first_run_is_the_capture() -> None:
         assert not [r for r in mapped.not_covered.values() if "times in one forward" in r]
         assert mapped.fallback is None or "word_embeddings" not in str(mapped.fallback.names)
     _close(mapped_gradients(inputs, config), ModelFunction(model).summed_gradient(inputs))
+    # planned on one example, BERT's position embedding (its ids (1, T) are shared by the
+    # block) looks per example; on a block it is handed to torch.func instead of failing
+    late = CapturedGradients(ModelFunction(model))
+    late.plan(inputs.slice(0, 1))
+    _close(late.jacobian(inputs), ModelFunction(model).jacobian(inputs))
+    assert "not batched" in late.not_covered["bert.embeddings.position_embeddings"]
 
 
 def mapped_gradients(inputs: ModelInputs, config) -> list[Tensor]:

@@ -24,7 +24,13 @@ from torch import Tensor
 from ..inputs import ModelInputs
 from ..model import ModelFunction
 from .capture import captured_bytes, forward_capture, output_gradients
-from .engine import MIXED_BATCH, PLAN_EXAMPLES, GramFeatures, mixes_examples
+from .engine import (
+    MIXED_BATCH,
+    PLAN_EXAMPLES,
+    GramFeatures,
+    mixes_examples,
+    restricted_function,
+)
 
 
 class CapturedGradients:
@@ -64,6 +70,15 @@ class CapturedGradients:
             self.plan(inputs)
         return self.function.activation_bytes(inputs) + self._captured_bytes
 
+    def _drop(self, reasons: dict[str, str]) -> None:
+        """Hands the modules named in ``reasons`` to ``torch.func`` from now on (per-example
+        gradients either way, so blocks already computed stay valid)."""
+        self.not_covered.update(reasons)
+        self.rules = [r for r in self.rules or [] if r.name not in reasons]
+        covered = {n for r in self.rules for n in r.param_names}
+        rest = [n for n in self.function.names if n not in covered]
+        self.fallback = restricted_function(self.function, rest) if rest else None
+
     def jacobian(self, inputs: ModelInputs, classes: tuple[int, int] | None = None) -> list[Tensor]:
         r"""As :meth:`ModelFunction.jacobian`: pieces (B, C', p_i) in parameter order."""
         num = self.function.num_outputs(inputs)
@@ -100,16 +115,13 @@ class CapturedGradients:
             self._batch_checked = True
             if mixes_examples(function, prepared, record.logits):
                 # planned on one example: from now on every parameter goes through torch.func
-                self.not_covered.update({rule.name: MIXED_BATCH for rule in self.rules})
-                self.rules, self.fallback = [], function
+                self._drop({rule.name: MIXED_BATCH for rule in self.rules})
                 return {}
-        for rule in self.rules:
-            problem = record.problem(rule, batch)
-            if problem is not None:
-                raise RuntimeError(
-                    f"Module {rule.name!r} was covered by the gradient capture on the first block "
-                    f"but in this block {problem}. Use engine='jacobian' for this model."
-                )
+        problems = {r.name: record.problem(r, batch) for r in self.rules}
+        problems = {name: why for name, why in problems.items() if why is not None}
+        if problems:  # e.g. a position embedding shared by the block, planned on one example
+            self._drop(problems)
+            return self._captured(inputs, combos) if self.rules else {}
         targets = [record.outputs[r.name][0] for r in self.rules]
         deltas = output_gradients(record.logits, targets, combos, combos.shape[0])
         out: dict[str, Tensor] = {}
