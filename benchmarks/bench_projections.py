@@ -184,15 +184,18 @@ class SpeedSetup:
         return [x.slice(i, min(i + self.batch, self.n)) for i in range(0, self.n, self.batch)]
 
 
-def library_rate(setup: SpeedSetup, projection: str) -> float:
-    """Examples/s of ``build_feature_map`` features (dense kinds extrapolated from K / scale rows)."""
+def library_rate(setup: SpeedSetup, projection: str, engine: str = "auto") -> float:
+    """Examples/s of ``build_feature_map`` features (dense kinds extrapolated from K / scale rows).
+
+    ``engine="auto"`` takes per-example gradients from the Gram engine's capture,
+    ``engine="jacobian"`` from ``torch.func`` (the ``sjlt (torch.func gradients)`` row)."""
     dense = projection in ("rademacher", "gaussian")
     k = setup.k_timed if dense else setup.k
     model, p = setup.bench.model, setup.bench.num_params
     blocks = setup.blocks()
     try:
         fmap = build_feature_map(model, setup.kernel, projection=projection, projection_dim=k,
-                                 device=setup.device)  # fmt: skip
+                                 device=setup.device, engine=engine)  # fmt: skip
         fmap(blocks[0].slice(0, 1))  # plan, caches
         fmap(blocks[0])
     except RuntimeError as err:  # report and measure the torch.func gradient path instead
@@ -316,6 +319,8 @@ def speed_model(bench: BenchModel, device: torch.device, k: int, quick: bool,
                 notes.append(f"  {projection}: measured on one batch ({batch} examples)")
             sub = SpeedSetup(bench, kernel, k, batch, batch, device, scale) if gen else setup
             rates[projection] = library_rate(sub, projection)
+            if projection == "sjlt":  # the same projection on torch.func gradients
+                rates["sjlt (torch.func gradients)"] = library_rate(sub, projection, "jacobian")
         plain = rates["plain vmap + dense randn"]
         for name, rate in rates.items():
             print(f"  {name:42} {rate:9.2f} ex/s  ({rate / plain:6.2f}x plain)", flush=True)
@@ -360,12 +365,18 @@ def section_mnist2(quick: bool) -> None:
     x = torch.randn(n, 784)
     print(f"\nMNIST2-shaped MLP 784-100-100-100-100-1 (P=109,001), {n} x {n} train kernel:")
     _, secs = timed(lambda: cn.kernel_matrix(net, x, kernel="trntk"))
-    print(f"  exact trntk (engine auto): {secs:.1f}s")
-    for projection in ("sjlt", "kronecker"):
-        _, secs = timed(
-            lambda p=projection: cn.kernel_matrix(net, x, kernel="proj_trntk", projection=p)
+    print(f"  exact trntk (engine auto): {secs:.2f}s")
+    runs = (("sjlt", "auto"), ("kronecker", "jacobian"), ("kronecker", "auto"))
+    for projection, engine in runs:
+        _, secs = timed(lambda p=projection, e=engine: cn.kernel_matrix(
+            net, x, kernel="proj_trntk", projection=p, engine=e
+        ))  # fmt: skip
+        form = (
+            {"auto": "Gram form", "jacobian": "features"}[engine]
+            if projection == "kronecker"
+            else ""
         )
-        print(f"  proj_trntk {projection:10} (default K=10240): {secs:.1f}s")
+        print(f"  proj_trntk {projection:10} {form:9} (default K=10240): {secs:.2f}s")
     m = 256
     rate = feature_rate(net, "proj_trntk", "rademacher", 10240, x[:m], 128)
     print(f"  proj_trntk rademacher features: {rate:.1f} ex/s (measured on {m}; "
