@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from captum_ntk.surrogate import KernelGLM
+from captum_ntk.surrogate._validation import parse_targets
+from captum_ntk.surrogate.objectives import SquaredSystem, sample_weight
 from captum_ntk.surrogate.streamed import _RowBlocks, fit_streamed
 
 
@@ -178,6 +182,72 @@ def test_streamed_squared_warm_start(tmp_path):
         fit_streamed(memmap, y, alpha=1e-3, **{**options, "max_iter": 3})
 
 
+def test_streamed_squared_warm_start_on_a_zero_right_hand_side(tmp_path):
+    # A column of 0 targets has a right-hand side of exactly 0 and a constant column one of
+    # rounding size; a warm start fitted to other targets must not stall on either.
+    x, kernel, _ = _problem()
+    y = _real_targets(x, "logits")
+    memmap = _memmap(tmp_path, kernel)
+    options = {"loss": "squared", "alpha": 1e-3, "max_iter": 400, "device": "cpu"}
+    warm = fit_streamed(memmap, y, **options)
+    flat = y.clone()
+    flat[:, 1], flat[:, 2] = 0.0, 0.3
+    cold = fit_streamed(memmap, flat, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fitted = fit_streamed(memmap, flat, warm_start=warm, **options)
+    assert fitted.n_iter_ < options["max_iter"]
+    assert torch.equal(fitted.coef_[1], torch.zeros(len(x), dtype=torch.float64))
+    assert fitted.intercept_[1] == 0
+    # The exact fit of a constant is coef 0, intercept 0.3.
+    assert fitted.coef_[2].abs().max() <= 1e-12
+    assert fitted.intercept_[2] == pytest.approx(0.3, abs=1e-12)
+    torch.testing.assert_close(
+        fitted.coef_[0], cold.coef_[0], rtol=0, atol=1e-4 * cold.coef_[0].abs().max()
+    )
+
+
+@pytest.mark.parametrize("loss", ["squared", "log_loss"])
+def test_streamed_warm_start_refuses_alpha_0(loss):
+    # At alpha=0 CG from a warm start keeps the warm start's null-space part: not the
+    # minimum-norm solution of KernelGLM, so it is refused rather than silently different.
+    x, kernel, labels = _problem(60)
+    y = _real_targets(x, "logits") if loss == "squared" else labels
+    near = fit_streamed(kernel.numpy(), y, loss=loss, alpha=1e-3, device="cpu")
+    with pytest.raises(ValueError, match="warm_start needs alpha > 0"):
+        fit_streamed(kernel.numpy(), y, loss=loss, alpha=0.0, warm_start=near, device="cpu")
+
+
+def _tol_agreement(alpha, tol, kind="logits"):
+    """Streamed vs in-memory squared fit at ``tol``: (coef error / its bound (m,), rel. errors)."""
+    x, kernel, _ = _problem()
+    y = _real_targets(x, kind)
+    reference = KernelGLM(loss="squared", alpha=alpha).fit(kernel, y)
+    streamed = fit_streamed(
+        kernel.numpy(), y, loss="squared", alpha=alpha, tol=tol, max_iter=10_000, device="cpu"
+    )
+    targets = parse_targets(y, len(x), None, "squared")
+    weight = sample_weight(targets.group, int(targets.classes.numel()), "balanced")
+    system = SquaredSystem(kernel, targets, weight, device=torch.device("cpu"))
+    # ||x - x*|| <= ||r|| / lambda_min <= tol ||b|| / a, x = coef * scale, a = alpha here.
+    bound = tol * system.rhs.norm(dim=0) / alpha
+    error = ((streamed.coef_ - reference.coef_) * system.scale).reshape(-1, len(x)).norm(dim=1)
+    coef = (streamed.coef_ - reference.coef_).abs().max() / reference.coef_.abs().max()
+    ref_out = reference.decision_function(kernel)
+    out = (streamed.decision_function(kernel) - ref_out).abs().max() / ref_out.abs().max()
+    return error / bound, float(coef), float(out)
+
+
+@pytest.mark.parametrize("tol", [1e-7, 1e-10])
+@pytest.mark.parametrize("alpha", [1e-2, 1e-4, 1e-6])
+@pytest.mark.parametrize("kind", ["logits", "one"])
+def test_streamed_squared_error_within_its_tol_bound(alpha, tol, kind):
+    # tol bounds each column's residual, hence its coefficient error by tol |b_j| / a.
+    ratio, coef_error, _ = _tol_agreement(alpha, tol, kind)
+    assert bool((ratio <= 1.0).all()), ratio
+    assert coef_error <= 1e4 * tol  # and the relative error follows tol
+
+
 def test_streamed_log_loss_warm_start(tmp_path):
     _, kernel, labels = _problem()
     memmap = _memmap(tmp_path, kernel)
@@ -235,3 +305,12 @@ def test_row_blocks_read_the_same_rows_from_files_views_and_arrays(tmp_path):
         rows = torch.cat([block.clone() for _, _, block in blocks])  # blocks reuse a buffer
         assert torch.equal(rows, kernel), name
         assert len(blocks.passes) == 1
+
+
+if __name__ == "__main__":  # the agreement at the default tol quoted in docs/scale.md
+    for alpha in (1e-2, 1e-4, 1e-6):
+        ratio, coef_error, out_error = _tol_agreement(alpha, 1e-7)
+        print(
+            f"tol=1e-7 alpha={alpha:g}: coef max rel err {coef_error:.1e}, decision_function "
+            f"{out_error:.1e}, error / bound {float(ratio.max()):.2f}"
+        )

@@ -1,9 +1,10 @@
 r"""kGLM training from an (N, N) kernel on disk, streamed in row blocks.
 
-:func:`fit_streamed` minimises exactly the objectives of
+:func:`fit_streamed` minimises the objectives of
 :class:`~captum_ntk.surrogate.kglm.KernelGLM` (``alpha`` relative to ``alpha_scale``,
-``class_weight``, unpenalised intercept; see :mod:`captum_ntk.surrogate.objectives`) but never
-holds the kernel: every pass reads it once in row blocks ``K_B`` (``block_rows x N``).
+``class_weight``, unpenalised intercept; see :mod:`captum_ntk.surrogate.objectives`), to the
+iterative solver's tolerance ``tol``, but never holds the kernel: every pass reads it once in
+row blocks ``K_B`` (``block_rows x N``).
 
 - ``loss="log_loss"`` (hard labels or soft targets): the same deterministic L-BFGS from zeros and
   the same two reparametrisations (kernel scale, column centring); each evaluation of the
@@ -20,7 +21,13 @@ holds the kernel: every pass reads it once in row blocks ``K_B`` (``block_rows x
   :math:`(K_c^\top D K_c + \alpha I)\,W^\top = K_c^\top D (Z - \bar z)` with
   :math:`K_c = K/s - 1\mu^\top`, in float64. Each iteration is one pass,
   :math:`u_B = K_{c,B} p`, :math:`q \mathrel{+}= K_{c,B}^\top D_B u_B`; the iteration stops when
-  every column's residual is below ``tol`` times its right-hand side's norm.
+  every column's residual :math:`r_j` is below ``tol`` times its right-hand side's norm
+  :math:`\|b_j\|`. The smallest eigenvalue of the system is at least the rescaled penalty
+  :math:`a = \alpha\sigma^2/s^2`, so column :math:`j` of :math:`W^\top s` is within
+  :math:`\|r_j\| / a \le \mathrm{tol}\,\|b_j\| / a` (Euclidean norm) of the exact solve:
+  a small ``alpha`` needs a small ``tol`` (at ``tol=1e-7``, 240 examples: 8.6e-7 relative at
+  ``alpha=1e-2``, 1.7e-4 at ``alpha=1e-6``). A warm start is used for a column only where its
+  residual is below :math:`\|b_j\|` (better than zeros); the other columns start from zeros.
 
 Both start with one pass for the kernel's scale and (weighted) column means (and the squared
 loss's right-hand side), and can be warm-started from a previous fit.
@@ -202,10 +209,12 @@ def fit_streamed(
         max_iter (int): L-BFGS or CG iterations. Default: 1000.
         tol (float): ``log_loss``: largest gradient entry of the rescaled problem; ``squared``:
                 residual of each column of the normal equations relative to its right-hand
-                side. Default: 1e-7.
+                side, which bounds the coefficients' error by ``tol * |b_j| / a`` (module
+                docstring): lower it for small ``alpha``. Default: 1e-7.
         block_rows (int): kernel rows per block (memory: ``block_rows x N`` numbers).
         warm_start (KernelGLM, optional): a fit with the same loss and N (e.g. at a nearby
-                ``alpha``) whose ``coef_`` / ``intercept_`` start the iterations.
+                ``alpha``) whose ``coef_`` / ``intercept_`` start the iterations; needs
+                ``alpha > 0``.
         device (torch.device or str, optional): default: CUDA when available, else CPU.
         show_progress (bool): tqdm bar over the passes over the kernel.
 
@@ -216,7 +225,8 @@ def fit_streamed(
     Raises:
         ValueError: ``alpha="auto"`` (needs held-out sub-kernels: choose alpha in memory on a
                 subset), targets that do not fit the loss, absent classes, a kernel that is not
-                square or holds NaN / inf, or a ``warm_start`` of another shape.
+                square or holds NaN / inf, a ``warm_start`` of another shape, or a
+                ``warm_start`` with ``alpha=0``.
     """
     glm = _estimator(alpha, alpha_scale, loss, class_weight, max_iter, tol)
     glm.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -227,7 +237,7 @@ def fit_streamed(
             "some classes have no training example; fit_streamed needs every class present "
             "(KernelGLM handles absent classes in memory)."
         )
-    init = _warm_start(warm_start, loss, targets.n_out, blocks.n)
+    init = _warm_start(warm_start, loss, targets.n_out, blocks.n, alpha)
     weight = sample_weight(targets.group, int(targets.classes.numel()), class_weight)
     solve = _conjugate_gradients if loss == "squared" else _lbfgs
     with tqdm(desc=f"streamed kGLM ({loss}) passes", disable=not show_progress) as bar:
@@ -277,12 +287,21 @@ class _Counted(list):
         self.bar.update(1)
 
 
-def _warm_start(glm: KernelGLM | None, loss: str, n_out: int, n: int) -> tuple[Tensor, Tensor]:
+def _warm_start(
+    glm: KernelGLM | None, loss: str, n_out: int, n: int, alpha: float
+) -> tuple[Tensor, Tensor]:
     """``(coef (n_out, N), intercept (n_out,))`` float64 of a previous fit, or zeros."""
     if glm is None:
         return torch.zeros(n_out, n, dtype=torch.float64), torch.zeros(n_out, dtype=torch.float64)
     if not isinstance(glm, KernelGLM) or not hasattr(glm, "coef_"):
         raise TypeError("warm_start must be a fitted KernelGLM (e.g. from fit_streamed).")
+    if alpha == 0:
+        raise ValueError(
+            "warm_start needs alpha > 0: at alpha=0 the minimiser is not unique (any direction "
+            "the centred kernel maps to 0 can be added), and iterations from a warm start end "
+            "at the one nearest it, not at the minimum-norm solution KernelGLM returns. Drop "
+            "warm_start (a start from zeros reaches the minimum-norm one) or use alpha > 0."
+        )
     if tuple(glm.coef_.shape) != (n_out, n) or getattr(glm, "loss", loss) != loss:
         raise ValueError(
             f"warm_start has coef_ of shape {tuple(glm.coef_.shape)} and loss "
@@ -403,11 +422,14 @@ def _conjugate_gradients(blocks, targets, weight, alpha, glm, init):
     system = _NormalEquations(blocks, targets, weight)
     scale, penalty = system.scale, _penalty(glm, alpha, system.scale)
     solution = (init[0].T * scale).to(system.rhs.device)
-    if bool(solution.any()):
-        residual = system.rhs - system.apply(solution, penalty)
-    else:
-        residual = system.rhs.clone()
+    residual = system.rhs.clone()
     threshold = glm.tol * system.rhs.norm(dim=0)
+    if bool(solution.any()):
+        residual -= system.apply(solution, penalty)
+        # A warm start no better than zeros (e.g. on a right-hand side of 0, whose threshold is
+        # 0) would have to shrink its residual past any relative tolerance: start from zeros.
+        cold = residual.norm(dim=0) >= system.rhs.norm(dim=0)
+        solution[:, cold], residual[:, cold] = 0.0, system.rhs[:, cold]
     direction, squared = residual.clone(), residual.pow(2).sum(dim=0)
     n_iter = 0
     while n_iter < glm.max_iter:
