@@ -37,6 +37,61 @@ class Centred(nn.Module):
         return self.out(h - 0.5 * h.mean(dim=0, keepdim=True))
 
 
+class ConvZoo(nn.Module):
+    """Grouped, strided and dilated Conv2d (one without bias), Conv1d, and a Linear on 3-D input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3, bias=False)
+        self.c3 = nn.Conv1d(6, 4, 2, stride=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.c2(torch.tanh(self.c1(x)))).flatten(2)  # (B, 6, L)
+        return self.fc(torch.tanh(self.c3(h)).transpose(1, 2)).mean(1)
+
+
+class PaddedEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 5, padding_idx=0)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.fc(torch.tanh(self.embed(tokens)).mean(1))
+
+
+class WeightUsedOutside(nn.Module):
+    """``fc1.weight`` also enters outside ``fc1``; ``plus_minus`` makes the logits sum to 0."""
+
+    def __init__(self, plus_minus: bool = False) -> None:
+        super().__init__()
+        self.plus_minus = plus_minus
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 1 if plus_minus else 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.fc2(torch.tanh(self.fc1(x)) + x @ self.fc1.weight)
+        return torch.cat([z, -z], dim=1) if self.plus_minus else z
+
+
+def _seeded(module: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    return module.double().eval(), x
+
+
+def _conv_zoo() -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(5)
+    return _seeded(ConvZoo(), torch.randn(3, 4, 7, 7, dtype=torch.float64))
+
+
+def _padded_embedding() -> tuple[nn.Module, Tensor]:
+    torch.manual_seed(6)
+    tokens = torch.randint(0, 11, (4, 6))
+    tokens[:, -2:] = 0
+    return _seeded(PaddedEmbedding(), tokens)
+
+
 def _head_first() -> tuple[nn.Module, Tensor]:
     torch.manual_seed(3)
     return HeadFirst().double().eval(), torch.randn(5, 5, dtype=torch.float64)
@@ -50,6 +105,8 @@ CASES = {
     "keyword_inputs": lambda: (models.make_keyword(), models.keyword_inputs(4)),
     "tied_weights": lambda: (models.make_tied(), models.mlp_inputs(4)),
     "head_registered_first": _head_first,
+    "conv_zoo": _conv_zoo,
+    "embedding_padding_idx": _padded_embedding,
 }
 
 
@@ -165,3 +222,52 @@ def mapped_gradients(inputs: ModelInputs, config) -> list[Tensor]:
     torch.manual_seed(1)
     model = transformers.BertForSequenceClassification(config).eval().double()
     return CapturedGradients(ModelFunction(model)).summed_gradient(inputs)
+
+
+@pytest.mark.parametrize("plus_minus", [False, True])
+def test_weight_used_outside_its_module_is_not_captured(plus_minus: bool) -> None:
+    """The plan's check must see the misuse even when the summed logits are identically 0."""
+    torch.manual_seed(0)
+    model = WeightUsedOutside(plus_minus).double().eval()
+    inputs = ModelInputs.from_user(torch.randn(6, 4, dtype=torch.float64), "x")
+    function = ModelFunction(model)
+    captured = CapturedGradients(function)
+    _close(captured.jacobian(inputs), function.jacobian(inputs))
+    assert "fc1" in captured.not_covered and [r.name for r in captured.rules] == ["fc2"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_plan_still_checks(dtype: torch.dtype) -> None:
+    """The check's tolerance (1e4 eps) was 78 in bf16: every layer passed, fc1 52% off."""
+    torch.manual_seed(0)
+    model = WeightUsedOutside().to(dtype).eval()
+    captured = CapturedGradients(ModelFunction(model))
+    captured.plan(ModelInputs.from_user(torch.randn(5, 4).to(dtype), "x"))
+    assert [r.name for r in captured.rules] == ["fc2"]
+
+
+def _tiny_bert(seed: int = 1) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=40, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.BertForSequenceClassification(config).eval().double()
+
+
+def test_captured_bytes_probe_the_longest_text_example() -> None:
+    """Memory estimates probe the example with the most tokens (they probed the first)."""
+    from captum_ntk.engine.gram.capture import captured_bytes
+
+    function = ModelFunction(_tiny_bert())
+    ids = torch.randint(5, 50, (3, 30), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0  # the first example has 4 tokens, the second 30
+    mask[2, 10:] = 0
+    inputs = ModelInputs.from_user({"input_ids": ids * mask, "attention_mask": mask}, "x")
+    captured = CapturedGradients(function)
+    captured.plan(inputs)
+    longest = captured_bytes(function, captured.rules, inputs.slice(1, 2))
+    assert longest > 2 * captured_bytes(function, captured.rules, inputs.slice(0, 1))
+    assert captured_bytes(function, captured.rules, inputs) == longest

@@ -315,12 +315,18 @@ class ModelFunction:
         of a gradient pass per example (see :mod:`captum_ntk.engine.budget`).
         """
         if self._activation_bytes is None:
-            index = 0
-            mask = inputs.kwargs.get("attention_mask")
-            if mask is not None and mask.dim() == 2:
-                index = int(mask.sum(dim=1).argmax())
-            self._activation_bytes = self._saved_bytes(self.prepare(inputs.slice(index, index + 1)))
+            self._activation_bytes = self._saved_bytes(self.prepare(self.probe_example(inputs)))
         return self._activation_bytes
+
+    @staticmethod
+    def probe_example(inputs: ModelInputs) -> ModelInputs:
+        """The example memory estimates probe: the one with the most real tokens when the
+        block has a 2-D ``attention_mask``, else the first."""
+        index = 0
+        mask = inputs.kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            index = int(mask.sum(dim=1).argmax())
+        return inputs.slice(index, index + 1)
 
     def _saved_bytes(self, inputs: ModelInputs) -> int:
         parameters = {n for n, _ in self.model.named_parameters()}

@@ -149,24 +149,27 @@ def output_gradients(
 
 
 def captured_bytes(function: ModelFunction, rules: list[LayerRule], inputs: ModelInputs) -> int:
-    r"""Bytes of one example's recorded layer inputs (unfolded patches for convolutions).
+    r"""Bytes of one example's recorded layer inputs (unfolded patches for convolutions) and
+    of the covered layers' outputs (kept for differentiation beside the copies passed on).
 
     Args:
         function (ModelFunction): the model function.
         rules (list[LayerRule]): the watched modules.
-        inputs (ModelInputs): examples; the first is probed.
+        inputs (ModelInputs): examples; the one :meth:`ModelFunction.probe_example` picks (the
+                most real tokens) is probed.
 
     Returns:
         int: bytes per example that a block's forward capture holds beyond the activations.
     """
     if not rules:
         return 0
-    prepared = function.prepare(inputs.slice(0, 1))
+    prepared = function.prepare(function.probe_example(inputs))
     with torch.no_grad():
         record = forward_capture(function, prepared, rules)
     total = 0
     for rule in rules:
-        for value in record.inputs.get(rule.name, []):
+        held = list(record.inputs.get(rule.name, [])) + list(record.outputs.get(rule.name, []))
+        for value in held:
             for t in value if isinstance(value, tuple) else (value,):
                 total += t.numel() * t.element_size()
     return total

@@ -53,9 +53,10 @@ class CapturedGradients:
 
     def plan(self, inputs: ModelInputs) -> None:
         """Chooses the covered modules on the first examples of ``inputs`` (the Gram plan)."""
-        # the summed logits suffice to verify the layout (the rules are linear in delta) and
-        # keep the plan's backward passes and checks to one logit combination
+        # one random logit combination suffices to verify the layout (the rules are linear in
+        # delta) and keeps the plan's backward passes and checks to one combination
         gram = GramFeatures(self.function, summed=True)
+        gram.random_check = True
         gram.memory_limit = self.memory_limit
         gram.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
         self.rules, self.fallback = list(gram.rules or []), gram.fallback
