@@ -349,3 +349,31 @@ def test_attribution_store_refuses_a_changed_model(tmp_path):
         model[0].weight[0, 0] -= 0.1
     restored = cn.ProjPNTKAttribution(model, train, batch_size=5, store=tmp_path / "a")
     torch.testing.assert_close(restored.influence(x), before, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_form", ["tensors", "dataset"])
+def test_attribution_store_is_shared_by_tensors_and_a_dataset(tmp_path, monkeypatch, first_form):
+    """A store written from (x, y) in memory is reused by TensorDataset(x, y) and the other way
+    round (its digests cover the inputs, whose features it holds, not the labels); other
+    inputs are still refused."""
+    model = _mlp()
+    x, y = _train_set().tensors
+    forms = {"tensors": (x, y), "dataset": torch.utils.data.TensorDataset(x, y)}
+    second_form = "dataset" if first_form == "tensors" else "tensors"
+    kw = {"batch_size": 5, "projection_dim": 16, "store": tmp_path}
+    first = cn.ProjPNTKAttribution(model, forms[first_form], **kw)
+    test = torch.randn(4, 5, dtype=torch.float64)
+    expected = first.influence(test)
+    fingerprint = FeatureStore.load(tmp_path).metadata["data_fingerprint"]
+    calls = _count_features(monkeypatch, type(first.feature_map))
+    again = cn.ProjPNTKAttribution(model, forms[second_form], **kw)
+    torch.testing.assert_close(again.influence(test), expected, rtol=1e-12, atol=0)
+    assert calls == [len(test)]  # the test examples only: training features read from disk
+    relabelled = cn.ProjPNTKAttribution(model, (x, (y + 1) % 3), **kw)  # same features
+    torch.testing.assert_close(relabelled.influence(test), expected, rtol=1e-12, atol=0)
+    assert FeatureStore.load(tmp_path).metadata["data_fingerprint"] == fingerprint
+    changed = x.clone()
+    changed[7, 0] += 1.0
+    other = {"tensors": (changed, y), "dataset": torch.utils.data.TensorDataset(changed, y)}
+    with pytest.raises(StoreMismatchError, match="block 1 .*data_fingerprint"):
+        cn.ProjPNTKAttribution(model, other[second_form], **kw)

@@ -332,3 +332,148 @@ def test_text_probe_holds_the_longest_example(bert) -> None:
     assert probe.kwargs["input_ids"].shape[1] == 30
     assert torch.equal(probe.kwargs["input_ids"][-1], ids[9])
     assert torch.equal(probe.kwargs["input_ids"][0, : len(ids[0])], ids[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# data that changes between reads is refused; loaders are kept as given
+# ------------------------------------------------------------------------------------------------
+class Shuffled(IterableDataset):
+    """An IterableDataset that yields its examples in a new random order on every pass."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(len(self.x))
+        return iter(zip(self.x[order], self.y[order]))
+
+
+class Augmented(CountingDataset):
+    """A map-style dataset with a random transform (noise added on every read)."""
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.randn_like(x), y
+
+
+REREAD = "different data for block .* second read .*deterministic"
+
+
+def test_shuffling_iterable_dataset_is_refused() -> None:
+    """Without the check, labels of the first pass were paired with other examples' features
+    (19 of 23 rows of model_logits belonged to another label)."""
+    x, y = models.mlp_inputs(N_TRAIN), torch.arange(N_TRAIN) % 5
+    torch.manual_seed(0)
+    attr = cn.ProjTrNTKAttribution(
+        models.make_mlp(), Shuffled(x, y), batch_size=BLOCK, projection_dim=16, seed=3
+    )
+    for call in (attr.model_logits, attr.self_influence):
+        with pytest.raises(ValueError, match=REREAD):
+            call()
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["memory", "store"])
+def test_random_transforms_are_refused(store, tmp_path) -> None:
+    """A Dataset with random augmentations gives other inputs on every read: refused on the
+    featurising pass (of kept features, or into a store when the object is built), not turned
+    into results that change from call to call."""
+    x, y = models.mlp_inputs(N_TRAIN), torch.arange(N_TRAIN) % 5
+    kw = {"store": tmp_path / "s"} if store else {}
+    with pytest.raises(ValueError, match=REREAD):
+        attr = cn.ProjPNTKAttribution(
+            models.make_mlp(), Augmented(x, y), batch_size=BLOCK, projection_dim=16, **kw
+        )
+        attr.influence(models.mlp_inputs(N_TEST, seed=7))
+
+
+def test_random_transforms_are_refused_when_blocks_are_reread() -> None:
+    """Training features that do not fit are recomputed from re-read blocks, in smaller blocks
+    than the construction pass: the check holds whatever the block size."""
+    model = models.make_mlp()
+    x, y = models.mlp_inputs(N_TRAIN), torch.arange(N_TRAIN) % 5
+    reference = cn.TrNTKAttribution(model, (x, y), batch_size=BLOCK)
+    limit = cn.kernels.matrix.minimum_memory_limit(reference.feature_map, ModelInputs((x,), {}))
+    attr = cn.TrNTKAttribution(model, Augmented(x, y), batch_size=BLOCK, memory_limit=limit)
+    assert attr.block_size < BLOCK
+    with pytest.raises(ValueError, match=REREAD):
+        attr.compute_train_kernel()
+
+
+def test_deterministic_data_read_in_other_blocks_passes_the_check(guarded) -> None:
+    """The same data read again in smaller blocks (and seeking) matches the first pass."""
+    x, y = models.mlp_inputs(N_TRAIN), torch.arange(N_TRAIN) % 5
+    inputs, labels, _ = training_data.read_training_data(Stream(x, y), BLOCK, lambda inputs: None)
+    assert isinstance(inputs, StreamedInputs) and torch.equal(labels, y)
+    smaller = inputs.rebatched(3)
+    assert torch.equal(torch.cat([b.args[0] for _, b in smaller.blocks(3)]), x)
+    assert torch.equal(smaller.slice(12, 15).args[0], x[12:15])  # a jump: read from the start
+    assert torch.equal(inputs.slice(7, 12).args[0], x[7:12])  # across two blocks
+    inputs.source.digests[8] += 1  # as if example 8 had been different on the first pass
+    with pytest.raises(ValueError, match="block 2 \\(examples 6-8\\)"):
+        list(smaller.blocks(3))
+
+
+def test_dataloader_over_an_iterable_dataset(guarded) -> None:
+    """Its order is its own (no sampler to shuffle): accepted, equal to the tensors."""
+    model = models.make_mlp()
+    x, y = models.mlp_inputs(N_TRAIN), torch.arange(N_TRAIN) % 5
+    test = models.mlp_inputs(N_TEST, seed=7)
+    expected = cn.PNTKAttribution(model, (x, y), batch_size=BLOCK)
+    loader = DataLoader(Stream(x, y), batch_size=LOADER_BATCH)
+    attr = cn.PNTKAttribution(model, loader, batch_size=BLOCK)
+    assert torch.equal(attr.train_labels, y)
+    assert torch.equal(attr.influence(test), expected.influence(test))
+    shuffled = cn.PNTKAttribution(model, DataLoader(Shuffled(x, y), batch_size=4), batch_size=4)
+    with pytest.raises(ValueError, match=REREAD):
+        shuffled.influence(test)
+    with pytest.raises(ValueError, match="drop_last"):
+        StreamingSource(DataLoader(Stream(x, y), batch_size=4, drop_last=True), BLOCK)
+
+
+def test_probe_does_not_hold_a_block() -> None:
+    """The probe examples are copies: a view would keep its whole block alive."""
+    x, y = models.mlp_inputs(64), torch.arange(64) % 5
+    attr = cn.PNTKAttribution(models.make_mlp(), CountingDataset(x, y), batch_size=64)
+    probe = attr._probe.args[0]
+    assert len(probe) == PROBE_EXAMPLES and torch.equal(probe, x[:PROBE_EXAMPLES])
+    assert probe.untyped_storage().nbytes() == probe.numel() * probe.element_size()
+
+
+WORKER_STATE = {"initialised": False}
+
+
+def _init_worker(worker_id: int) -> None:
+    WORKER_STATE["initialised"] = True
+
+
+class WorkerOnly(CountingDataset):
+    """Readable only in a DataLoader worker started by ``_init_worker``."""
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if torch.utils.data.get_worker_info() is None or not WORKER_STATE["initialised"]:
+            raise RuntimeError("read outside a worker initialised by _init_worker")
+        return super().__getitem__(i)
+
+
+def test_seeking_keeps_the_loader_options() -> None:
+    """A jump rebuilds the loader over a subset of its dataset with the user's options."""
+    x, y = models.mlp_inputs(N_TRAIN), torch.arange(N_TRAIN) % 5
+    generator = torch.Generator().manual_seed(1)
+    loader = DataLoader(
+        WorkerOnly(x, y),
+        batch_size=LOADER_BATCH,
+        num_workers=1,
+        worker_init_fn=_init_worker,
+        timeout=60,
+        generator=generator,
+        persistent_workers=True,
+        prefetch_factor=3,
+    )
+    source = StreamingSource(loader, BLOCK)
+    blocks = list(source.blocks(2))  # seeks to example 10, in workers
+    assert torch.equal(torch.cat([b.args[0] for _, b, _ in blocks]), x[2 * BLOCK :])
+    seeked = source._seekable(2, source.num_blocks)
+    assert isinstance(seeked, DataLoader) and len(seeked.dataset) == N_TRAIN - 2 * BLOCK
+    for name in ("batch_size", "num_workers", "worker_init_fn", "timeout", "generator"):
+        assert getattr(seeked, name) == getattr(loader, name), name
+    assert seeked.persistent_workers and seeked.prefetch_factor == 3

@@ -108,7 +108,7 @@ def open_training_store(attribution: Any, directory: str | os.PathLike) -> Store
         "precision": given.get("precision", "fp32"),
         "layers": attribution.layers,
     }
-    source = StreamingSource(inputs, attribution.block_size, "training inputs")
+    source = StreamingSource(inputs, attribution.block_size, "train_dataset")
     store = featurize(fmap, source, directory, options)
     return StoredFeatureCache(fmap, store, inputs)
 

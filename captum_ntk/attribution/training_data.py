@@ -3,10 +3,13 @@ r"""The training set of an attribution object: held when given in memory, else s
 Training data given as a batch already in memory (a Tensor, a tuple of Tensors, a Mapping) is
 used as it is. A ``Dataset``, a ``DataLoader``, a list of examples or a re-iterable of batches
 is never collected whole: :func:`read_training_data` makes one pass over it (validating every
-block for the model, and keeping the N labels and a few probe examples) and returns a
-:class:`~captum_ntk.engine.streaming.StreamedInputs` from which the kernels read the inputs
-block by block (text padded per block) whenever they need them. Memory for the inputs is then
-bounded by one block whatever N is.
+block for the model, and keeping the N labels, a few probe examples and an 8-byte digest of
+every example) and returns a :class:`~captum_ntk.engine.streaming.StreamedInputs` from which
+the kernels read the inputs block by block (text padded per block) whenever they need them.
+Memory for the inputs is then bounded by one block whatever N is. Every later read is checked
+against the digests of the first pass, so a dataset that returns other data on a second read
+(random transforms, a shuffling ``IterableDataset``) raises an error instead of pairing labels
+with other examples' features.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from torch import Tensor
 from ..engine.batches import collect, pad_concat
 from ..engine.gram.engine import PLAN_EXAMPLES
 from ..engine.inputs import ModelInputs
-from ..engine.streaming import StreamedInputs, StreamingSource, is_streamable, trim_padding
+from ..engine.streaming import (
+    StreamedInputs,
+    StreamingSource,
+    example_digests,
+    is_streamable,
+    trim_padding,
+)
 from ..kernels.matrix import auto_batch_size
 
 __all__ = ["PROBE_EXAMPLES", "bind_training_data", "read_training_data"]
@@ -41,9 +50,10 @@ class _ProbeCollector:
         self.most_tokens: float = -1.0
 
     def update(self, start: int, inputs: ModelInputs) -> None:
+        # copies, not views: a view would keep its whole block alive as long as the probe
         if self.count < PROBE_EXAMPLES:
             take = min(len(inputs), PROBE_EXAMPLES - self.count)
-            self.head.append(inputs.slice(0, take))
+            self.head.append(inputs.slice(0, take).map(torch.clone))
             self.count += take
         mask = inputs.kwargs.get("attention_mask")
         if mask is not None and mask.dim() == 2:
@@ -51,7 +61,7 @@ class _ProbeCollector:
             index = int(tokens.argmax())  # the first of the longest, as over the whole set
             if float(tokens[index]) > self.most_tokens:
                 self.most_tokens = float(tokens[index])
-                self.longest = inputs.slice(index, index + 1)
+                self.longest = inputs.slice(index, index + 1).map(torch.clone)
                 self.longest_at = start + index
 
     def probe(self) -> ModelInputs:
@@ -87,14 +97,17 @@ def read_training_data(
     source = StreamingSource(data, batch_size, "train_dataset")
     collector = _ProbeCollector()
     labels: list[Tensor | None] = []
+    digests: list[Tensor] = []
     for start, inputs, y in source.blocks():
         validate(inputs)
         collector.update(start, inputs)
         labels.append(y)
+        digests.append(example_digests(inputs, y))
     has = [y is not None for y in labels]
     if any(has) and not all(has):
         raise ValueError("Some batches of train_dataset carry labels and some do not.")
     merged = torch.cat(labels) if all(has) else None  # type: ignore[arg-type]
+    source.digests = torch.cat(digests)  # every later read is checked against this pass
     probe = collector.probe()
     return StreamedInputs(source, probe), merged, probe
 

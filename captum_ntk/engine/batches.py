@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from .inputs import LABEL_KEYS, ModelInputs
 
@@ -72,7 +72,10 @@ def as_loader(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterabl
             if data.batch_sampler is None
             else getattr(data.batch_sampler, "sampler", None)
         )
-        if not isinstance(sampler, SequentialSampler):
+        # an IterableDataset has no sampler to shuffle: it yields in its own order (a
+        # StreamingSource checks that the order is the same on every pass)
+        iterable = isinstance(data.dataset, IterableDataset)
+        if not iterable and not isinstance(sampler, SequentialSampler):
             raise ValueError(
                 "The DataLoader does not iterate its dataset in order (shuffle=True or a custom "
                 f"sampler: {type(sampler).__name__}), so example indices would change "
@@ -82,6 +85,11 @@ def as_loader(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterabl
             raise ValueError(
                 "The DataLoader has drop_last=True, which silently drops training examples; "
                 "build it with drop_last=False."
+            )
+        if data.num_workers > 0 and not getattr(data, "in_order", True):
+            raise ValueError(
+                "The DataLoader has in_order=False, so its batches come in a different order "
+                "on every pass; build it with in_order=True (the default)."
             )
         return data
     if isinstance(data, Dataset):

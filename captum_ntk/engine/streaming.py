@@ -7,20 +7,16 @@ block (plus at most one loader batch) is held at a time, so memory is bounded by
 whatever N is. Text batches (with an ``attention_mask``) are padded per block to the longest
 example of that block, not of the dataset.
 
-Each block also gets a *digest*: a SHA-256 of its content in order. For every tensor (positional
-arguments, keyword arguments in sorted order, labels) it covers the key, dtype, per-example
-shape and every example's bytes; token tensors of text batches (integer (B, T) keyword tensors
-next to an ``attention_mask``) are hashed per example up to that example's unpadded length, so
-padding does not change a digest. :func:`data_fingerprint` combines the block digests with the
-block size and N into the data-order fingerprint of a whole pass: reordering, replacing or
-changing any example (or its label) changes it. Hashing reads every byte once (about 1 GB/s on
-one core), far less than featurising.
+A :class:`StreamingSource` given the :func:`~captum_ntk.engine.digests.example_digests` of a
+first pass (``digests``) checks every block it reads again against them, whatever the block
+size: a dataset that returns other data on a second read (random transforms, a shuffling
+``IterableDataset``) is refused with an error instead of pairing labels with other examples'
+features. Block and example digests live in :mod:`captum_ntk.engine.digests` (re-exported).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -28,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .batches import as_loader, pad_concat, split_batch
+from .digests import block_digest, data_fingerprint, example_digests, is_token
 from .inputs import ModelInputs
 
 __all__ = [
@@ -35,18 +32,10 @@ __all__ = [
     "StreamingSource",
     "block_digest",
     "data_fingerprint",
+    "example_digests",
     "is_streamable",
     "trim_padding",
 ]
-
-
-def _is_token(inputs: ModelInputs, key: Any, t: Tensor) -> bool:
-    return (
-        isinstance(key, str)
-        and "attention_mask" in inputs.kwargs
-        and t.dim() == 2
-        and not t.is_floating_point()
-    )
 
 
 def trim_padding(inputs: ModelInputs) -> ModelInputs:
@@ -63,63 +52,8 @@ def trim_padding(inputs: ModelInputs) -> ModelInputs:
         return inputs
     used = torch.nonzero(mask.ne(0).any(dim=0)).flatten()
     length = int(used.max()) + 1 if used.numel() else 1
-    kwargs = {
-        k: (v[:, :length] if _is_token(inputs, k, v) else v) for k, v in inputs.kwargs.items()
-    }
+    kwargs = {k: (v[:, :length] if is_token(inputs, k, v) else v) for k, v in inputs.kwargs.items()}
     return ModelInputs(inputs.args, kwargs)
-
-
-def _example_bytes(t: Tensor) -> bytes:
-    return t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-
-
-def block_digest(inputs: ModelInputs, labels: Tensor | None) -> str:
-    r"""SHA-256 of a block's content (see the module docstring for what it covers).
-
-    Args:
-        inputs (ModelInputs): B examples.
-        labels (Tensor, optional): (B,) labels.
-
-    Returns:
-        str: 64 hexadecimal characters.
-    """
-    digest = hashlib.sha256()
-    mask = inputs.kwargs.get("attention_mask")
-    lengths = None
-    if mask is not None and mask.dim() == 2:
-        index = torch.arange(mask.shape[1]).expand_as(mask)
-        lengths = torch.where(mask.ne(0), index + 1, 0).amax(dim=1).tolist()
-    keyed = [(i, a) for i, a in enumerate(inputs.args)]
-    keyed += [(k, inputs.kwargs[k]) for k in sorted(inputs.kwargs)]
-    if labels is not None:
-        keyed.append(("<labels>", labels))
-    for key, t in keyed:
-        token = lengths is not None and key != "<labels>" and _is_token(inputs, key, t)
-        shape = tuple(t.shape[2:]) if token else tuple(t.shape[1:])
-        digest.update(f"{key}|{t.dtype}|{shape}\x1e".encode())
-        if token:
-            for row, length in zip(t, lengths):
-                digest.update(_example_bytes(row[:length]) + b"\x1f")
-        else:
-            digest.update(_example_bytes(t))
-    return digest.hexdigest()
-
-
-def data_fingerprint(digests: Iterable[str], block_size: int, num_examples: int) -> str:
-    r"""The data-order fingerprint of a pass from its block digests (in block order).
-
-    Args:
-        digests (iterable of str): :func:`block_digest` of every block, in order.
-        block_size (int): examples per block.
-        num_examples (int): N.
-
-    Returns:
-        str: 64 hexadecimal characters.
-    """
-    digest = hashlib.sha256(f"data|{block_size}|{num_examples}".encode())
-    for d in digests:
-        digest.update(d.encode())
-    return digest.hexdigest()
 
 
 class StreamingSource:
@@ -135,10 +69,14 @@ class StreamingSource:
         name (str): what the data is called in error messages.
         num_examples (int, optional): N when already known (skips the counting pass of an
                 iterable without ``len``). Default: None (counted).
+        digests (Tensor, optional): (N,) :func:`example_digests` of a first pass over the
+                data; every block read is checked against them. Default: None (unchecked;
+                taken from ``data`` when it is a :class:`StreamedInputs`).
 
     Attributes:
         num_examples (int): N (``len(source)``). For a generic iterable of batches (no
                 ``len``) one counting pass reads the data once.
+        digests (Tensor or None): the (N,) example digests blocks are checked against.
     """
 
     def __init__(
@@ -147,13 +85,17 @@ class StreamingSource:
         block_size: int,
         name: str = "train_dataset",
         num_examples: int | None = None,
+        digests: Tensor | None = None,
     ) -> None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
         self.name = name
         self.block_size = block_size
+        self.digests = digests
         self._batch: tuple[ModelInputs, Tensor | None] | None = None
         if isinstance(data, StreamedInputs):  # the same data, in blocks of block_size
+            if digests is None:
+                self.digests = data.source.digests
             data, num_examples = data.source.data, data.num_examples
         if isinstance(data, list) and data and isinstance(data[0], (tuple, list, Mapping)):
             data = _ListDataset(data)
@@ -222,7 +164,7 @@ class StreamingSource:
             return None
         subset = Subset(dataset, range(start, end))
         if loader:
-            return DataLoader(subset, batch_size=data.batch_size, collate_fn=data.collate_fn)
+            return DataLoader(subset, **_loader_options(data))
         return DataLoader(subset, batch_size=self.block_size, shuffle=False)
 
     def blocks(
@@ -251,7 +193,25 @@ class StreamingSource:
         seekable = self._seekable(first, stop)
         batches = self._batches(seekable if seekable is not None else self.data)
         offset = first * self.block_size if seekable is not None else 0
-        yield from self._rechunk(batches, offset, first, stop)
+        for start, inputs, labels in self._rechunk(batches, offset, first, stop):
+            if self.digests is not None:
+                self._verify(start, inputs, labels)
+            yield start, inputs, labels
+
+    def _verify(self, start: int, inputs: ModelInputs, labels: Tensor | None) -> None:
+        """Checks a block read again against the example digests of the first pass."""
+        stop = start + len(inputs)
+        expected = self.digests[start:stop]  # type: ignore[index]
+        if torch.equal(example_digests(inputs, labels), expected):
+            return
+        raise ValueError(
+            f"{self.name} returned different data for block {start // self.block_size} "
+            f"(examples {start}-{stop - 1}) on a second read than on its first (random "
+            "transforms, or a shuffling IterableDataset or sampler?). It is read block by block "
+            "several times, so it must return the same examples in the same order on every "
+            "pass: make it deterministic (apply random augmentations beforehand, with a fixed "
+            "seed), or pass the training data as tensors."
+        )
 
     def _rechunk(
         self,
@@ -281,6 +241,22 @@ class StreamingSource:
                 f"{self.name} yielded {position + held} examples but has {self.num_examples} "
                 "(len of its dataset); it must yield every example once, in order."
             )
+
+
+def _loader_options(loader: DataLoader) -> dict[str, Any]:
+    """The options of an in-order ``DataLoader`` that a loader over a subset of its dataset
+    keeps (batching, collation, workers, pinning, seeding)."""
+    options = {"batch_size": loader.batch_size, "collate_fn": loader.collate_fn}
+    options |= {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory}
+    options |= {"timeout": loader.timeout, "worker_init_fn": loader.worker_init_fn}
+    options |= {"generator": loader.generator}
+    if loader.num_workers > 0:  # only valid with workers
+        options |= {"persistent_workers": loader.persistent_workers}
+        options |= {"prefetch_factor": loader.prefetch_factor}
+        options |= {"multiprocessing_context": loader.multiprocessing_context}
+    if loader.pin_memory:
+        options |= {"pin_memory_device": loader.pin_memory_device}
+    return options
 
 
 def _take(

@@ -236,7 +236,9 @@ def featurize(
     r"""Writes the features of every block of ``source`` into the store at ``directory``.
 
     Blocks already complete are skipped after checking that their data digest matches (the
-    data did not change); the rest are computed and written. Under a process group each rank
+    inputs did not change); the rest are computed and written. The digests cover the inputs
+    only, not labels (features do not depend on them): the same inputs given with or without
+    labels, in memory or as a ``Dataset``, share a store. Under a process group each rank
     computes its contiguous range of blocks (:func:`~captum_ntk.store.distributed.shard`).
 
     Args:
@@ -264,9 +266,9 @@ def featurize(
     store = FeatureStore.create_or_open(directory, meta, shape, dtype)
     first, stop = shard(source.num_blocks)
     with tqdm(total=stop - first, desc="featurize", disable=not show_progress) as bar:
-        for start, inputs, labels in source.blocks(first, stop):
+        for start, inputs, _ in source.blocks(first, stop):
             index = start // source.block_size
-            digest = block_digest(inputs, labels)
+            digest = block_digest(inputs, None)  # features depend on the inputs, not labels
             done = store.done_digest(index)
             if done is not None and done != digest:
                 raise _changed_data(store.directory, index, start)
@@ -288,6 +290,6 @@ def _changed_data(directory: Path, index: int, start: int) -> Exception:
 
     return StoreMismatchError(
         f"The store {str(directory)!r} was written for different data: block {index} (examples "
-        f"from {start}) has another content or order (mismatching field: data_fingerprint). "
+        f"from {start}) has other inputs or another order (mismatching field: data_fingerprint). "
         "Pass another directory, or delete this one to recompute."
     )
