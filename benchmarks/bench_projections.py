@@ -187,8 +187,8 @@ class SpeedSetup:
 def library_rate(setup: SpeedSetup, projection: str, engine: str = "auto") -> float:
     """Examples/s of ``build_feature_map`` features (dense kinds extrapolated from K / scale rows).
 
-    ``engine="auto"`` takes per-example gradients from the Gram engine's capture,
-    ``engine="jacobian"`` from ``torch.func`` (the ``sjlt (torch.func gradients)`` row)."""
+    ``engine="auto"`` takes per-example gradients from ``torch.func``, ``engine="gram"`` from
+    the Gram engine's capture (the ``sjlt (captured gradients)`` row)."""
     dense = projection in ("rademacher", "gaussian")
     k = setup.k_timed if dense else setup.k
     model, p = setup.bench.model, setup.bench.num_params
@@ -319,8 +319,8 @@ def speed_model(bench: BenchModel, device: torch.device, k: int, quick: bool,
                 notes.append(f"  {projection}: measured on one batch ({batch} examples)")
             sub = SpeedSetup(bench, kernel, k, batch, batch, device, scale) if gen else setup
             rates[projection] = library_rate(sub, projection)
-            if projection == "sjlt":  # the same projection on torch.func gradients
-                rates["sjlt (torch.func gradients)"] = library_rate(sub, projection, "jacobian")
+            if projection == "sjlt":  # the same projection on captured gradients
+                rates["sjlt (captured gradients)"] = library_rate(sub, projection, "gram")
         plain = rates["plain vmap + dense randn"]
         for name, rate in rates.items():
             print(f"  {name:42} {rate:9.2f} ex/s  ({rate / plain:6.2f}x plain)", flush=True)

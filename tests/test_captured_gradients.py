@@ -176,12 +176,15 @@ def test_examples_mixing_forward_falls_back_to_torch_func() -> None:
 @pytest.mark.parametrize("kernel", ["proj_trntk", "proj_pntk"])
 def test_projected_kernels_agree_between_engines(kernel: str, projection: str) -> None:
     import captum_ntk as cn
+    from captum_ntk.kernels.matrix import build_feature_map
 
     model, x = models.make_cnn(), models.cnn_inputs(6)
     opts = dict(kernel=kernel, projection=projection, projection_dim=24, seed=5)
-    auto = cn.kernel_matrix(model, x[:4], x[4:], **opts)
-    func = cn.kernel_matrix(model, x[:4], x[4:], engine="jacobian", **opts)
-    assert float((auto - func).abs().max()) <= 1e-12 * float(func.abs().max())
+    assert isinstance(build_feature_map(model, engine="gram", **opts).gradients, CapturedGradients)
+    assert isinstance(build_feature_map(model, **opts).gradients, ModelFunction)  # auto: torch.func
+    gram = cn.kernel_matrix(model, x[:4], x[4:], engine="gram", **opts)
+    func = cn.kernel_matrix(model, x[:4], x[4:], **opts)
+    assert float((gram - func).abs().max()) <= 1e-12 * float(func.abs().max())
 
 
 def test_hugging_face_model_whose_first_run_is_the_capture() -> None:

@@ -358,7 +358,7 @@ def test_engine_selection():
     assert not isinstance(build_feature_map(model, "trntk", engine="jacobian"), GramFeatures)
     assert not isinstance(build_feature_map(model, "proj_pntk", projection_dim=8), GramFeatures)
     with pytest.raises(ValueError, match="engine='gram' computes"):
-        cn.kernel_matrix(model, M.mlp_inputs(3), kernel="proj_trntk", engine="gram")
+        cn.kernel_matrix(model, M.mlp_inputs(3), kernel="embedding", engine="gram")
     with pytest.raises(ValueError, match="engine='gram' computes"):
         cn.kernel_matrix(model, M.mlp_inputs(3), kernel="ck", engine="gram")
     with pytest.raises(ValueError, match="Unknown engine"):

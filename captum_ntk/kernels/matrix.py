@@ -41,7 +41,9 @@ from .registry import kernel_spec
 
 #: Values of ``engine``: how exact gradient kernels are computed.
 ENGINES = ("auto", "jacobian", "gram")
-#: feature maps that project per-example gradients (served by the capture under engine="auto")
+#: projected kernels whose per-example gradients engine="gram" takes from the Gram capture
+CAPTURED_KERNELS = ("proj_trntk", "proj_pntk")
+#: feature maps that project per-example gradients (served by the capture under engine="gram")
 PROJECTED_GRADIENTS = (ProjectedJacobianFeatures, ProjectedSummedGradientFeatures)
 
 #: Largest automatic batch size.
@@ -99,7 +101,7 @@ def build_feature_map(
         )
     if isinstance(fmap, KroneckerFeatures):  # one-position layers in Gram form (cheaper)
         fmap.gram_form = engine != "jacobian"
-    if isinstance(fmap, PROJECTED_GRADIENTS) and engine != "jacobian":
+    if isinstance(fmap, PROJECTED_GRADIENTS) and engine == "gram":
         fmap.gradients = CapturedGradients(function, limit)  # instead of vmap(jacrev / grad)
     fmap.memory_limit = limit
     return fmap
@@ -122,10 +124,11 @@ def _use_gram(kernel: str, engine: str) -> bool:
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}; choose one of {ENGINES}.")
     kernel_spec(kernel)
-    if engine == "gram" and kernel not in GRAM_KERNELS:
+    if engine == "gram" and kernel not in GRAM_KERNELS + CAPTURED_KERNELS:
         raise ValueError(
-            f"engine='gram' computes the exact gradient kernels {GRAM_KERNELS}, not "
-            f"{kernel!r}; use engine='auto' or engine='jacobian'."
+            f"engine='gram' computes the exact gradient kernels {GRAM_KERNELS} and the "
+            f"per-example gradients of {CAPTURED_KERNELS}, not {kernel!r}; use engine='auto' or "
+            "engine='jacobian'."
         )
     return engine != "jacobian" and kernel in GRAM_KERNELS
 
@@ -332,13 +335,14 @@ def kernel_matrix(
                 computed. "jacobian": contract per-example Jacobians from ``torch.func``.
                 "gram": per-layer Grams of layer inputs and output gradients (Linear, Conv,
                 Embedding; normalisation layers materialised; other parameters through the
-                Jacobian path), raising for other kernels. "auto" (default): "gram" for the
+                Jacobian path), raising for other kernels but the two below. "auto" (default): "gram" for the
                 exact gradient kernels, "jacobian" for the rest. For ``proj_trntk`` and
                 ``proj_pntk`` with a matrix projection ("rademacher", "gaussian", "sjlt"),
-                "auto" computes the per-example gradients from the Gram engine's capture
-                (layer inputs times output gradients, one batched matmul per layer;
+                "gram" computes the per-example gradients from the Gram engine's capture
+                (layer inputs times output gradients, one batched outer product per layer;
                 :mod:`captum_ntk.engine.gram.gradients`) instead of ``vmap(jacrev)`` /
-                ``vmap(grad)``; the two agree to float rounding. With
+                ``vmap(grad)`` ("auto"); the two agree to float rounding, and on the CPU the
+                capture measured 0.6-0.8x as fast (see BENCHMARKS.md), so it is opt-in. With
                 ``projection="kronecker"``, "auto" also keeps one-position layers (Linear
                 layers on vectors) in Gram form: their kernel is ``<P_in a_i, P_in a_j> sum_c
                 <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker features' inner
