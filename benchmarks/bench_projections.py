@@ -276,6 +276,8 @@ def baseline_rates(setup: SpeedSetup, cap: int) -> dict[str, float]:
             t_trak += timed(lambda g=g: trak.project(g, model_id=0))[1]
         g = None
     print(f"  plain dense: {how}")
+    print(f"  per-example gradients alone (vmap, no projection): {setup.n / t_grad:.2f} ex/s"
+          " (a bound for every projection of materialised gradients)")  # fmt: skip
     if setup.scale > 1:
         print(f"  dense kinds timed on K/{setup.scale} = {k} rows, projection time x{setup.scale}"
               f" (generation and matmul are linear in K; gradients timed once)")  # fmt: skip

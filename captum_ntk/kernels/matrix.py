@@ -341,8 +341,8 @@ def kernel_matrix(
                 "gram" computes the per-example gradients from the Gram engine's capture
                 (layer inputs times output gradients, one batched outer product per layer;
                 :mod:`captum_ntk.engine.gram.gradients`) instead of ``vmap(jacrev)`` /
-                ``vmap(grad)`` ("auto"); the two agree to float rounding, and on the CPU the
-                capture measured 0.6-0.8x as fast (see BENCHMARKS.md), so it is opt-in. With
+                ``vmap(grad)`` ("auto"); the two agree to float rounding. On the CPU the capture
+                measured 0.6-1.1x the speed of ``torch.func`` (BENCHMARKS.md), so it is opt-in. With
                 ``projection="kronecker"``, "auto" also keeps one-position layers (Linear
                 layers on vectors) in Gram form: their kernel is ``<P_in a_i, P_in a_j> sum_c
                 <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker features' inner
