@@ -946,7 +946,13 @@ def test_projection_kind_and_precision_pass_through(options):
 def test_engine_passes_through_to_exact_kernels():
     model, train, test = _projection_setup()
     with pytest.raises(ValueError, match="engine='gram'"):
-        cn.ProjPNTKAttribution(model, train, engine="gram")
+        cn.EmbeddingKernelAttribution(model, train, engine="gram")
+    # projected kernels: engine="gram" takes per-example gradients from the capture
+    func = cn.ProjPNTKAttribution(model, train, batch_size=4, projection_dim=16)
+    captured = cn.ProjPNTKAttribution(model, train, batch_size=4, projection_dim=16, engine="gram")
+    torch.testing.assert_close(
+        func.influence(test), captured.influence(test), rtol=1e-10, atol=1e-12
+    )
     jac = cn.TrNTKAttribution(model, train, batch_size=4, engine="jacobian")
     gram = cn.TrNTKAttribution(model, train, batch_size=4, engine="gram")
     torch.testing.assert_close(jac.influence(test), gram.influence(test), rtol=1e-10, atol=1e-12)
