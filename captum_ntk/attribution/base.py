@@ -87,7 +87,8 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
                 call recomputes every cache for the new ones (with a warning).
         train_dataset (Dataset or DataLoader): training data. A DataLoader must not
                 shuffle. Batches as described in the module docstring. Read block by block
-                whenever needed, never collected (a batch of tensors is held as given).
+                whenever needed, never collected (a batch of tensors is held as given); it
+                must return the same examples in the same order on every pass (checked).
         batch_size (int): DataLoader batch size for a Dataset, and the examples per kernel
                 block. Default: 64.
         layers (str or sequence of str, optional): module names (see
