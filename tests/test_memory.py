@@ -124,8 +124,39 @@ BOUNDED = [
     ),
     ("patch_heavy", "proj_trntk", {"projection_dim": 16, "projection": "kronecker"}, 2 * MiB),
     ("patch_heavy", "trntk", {}, 2 * MiB),
+    ("text", "trntk", {}, 3 * MiB),
+    ("text", "proj_pntk", {"projection_dim": 64, "engine": "gram"}, 3 * MiB),
+    ("text", "proj_trntk", {"projection_dim": 64, "projection": "kronecker"}, 3 * MiB),
 ]
-CASE_MODELS = {"many_class": many_class_model, "wide": wide_model, "patch_heavy": patch_heavy_model}
+
+
+def text_model() -> tuple[nn.Module, dict, dict]:
+    """A small random BERT on padded sentences of 3 to 60 tokens (the longest not first)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> dict:
+        ids = torch.randint(5, 100, (n, 60), generator=gen)
+        lengths = torch.randint(3, 61, (n,), generator=gen)
+        lengths[n // 2] = 60
+        mask = (torch.arange(60) < lengths[:, None]).long()
+        return {"input_ids": ids * mask, "attention_mask": mask}
+
+    return model, batch(24), batch(6)
+
+
+CASE_MODELS = {
+    "many_class": many_class_model,
+    "wide": wide_model,
+    "patch_heavy": patch_heavy_model,
+    "text": text_model,
+}
 
 
 @pytest.mark.parametrize(("case", "kernel", "options", "memory_limit"), BOUNDED)
@@ -133,7 +164,8 @@ def test_memory_limit_bounds_allocations(
     case: str, kernel: str, options: dict, memory_limit: int
 ) -> None:
     model, x1, x2 = CASE_MODELS[case]()
-    existing = list(model.parameters()) + list(model.buffers()) + [x1, x2]
+    inputs = [t for x in (x1, x2) for t in (x.values() if isinstance(x, dict) else [x])]
+    existing = list(model.parameters()) + list(model.buffers()) + inputs
     with AllocationTracker(existing) as tracker:
         result = cn.kernel_matrix(model, x1, x2, kernel, memory_limit=memory_limit, **options)
     output = result.numel() * result.element_size()
