@@ -152,24 +152,23 @@ class KroneckerLayer:
             return delta.reshape(k, b, -1, self.d_out).permute(1, 0, 2, 3)
         return delta.reshape(k, b, self.d_out, -1).permute(1, 0, 3, 2)
 
-    def factors(self, captured: Tensor, delta: Tensor, precision: str) -> tuple[Tensor, Tensor]:
-        r"""Projected inputs (B, T, k_in) and output gradients (B, K, T, k_out)."""
+    def project_inputs(self, captured: Tensor, precision: str) -> Tensor:
+        r"""``P_in (a_t, 1)``: (B, T, k_in) from inputs (B, 1, T, x)."""
         a = captured[:, 0]
         if self.rule.bias:
             a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-        pa = _project_last(a, self.p_in, precision)
-        pd = _project_last(self.deltas(delta), self.p_out, precision)
-        return pa, pd
+        return _project_last(a, self.p_in, precision)
+
+    def project_deltas(self, delta: Tensor, precision: str) -> Tensor:
+        r"""``P_out delta^c_t``: (B, K, T, k_out) from output gradients (K, B, *output)."""
+        return _project_last(self.deltas(delta), self.p_out, precision)
 
     @staticmethod
     def combine(pa: Tensor, pd: Tensor) -> Tensor:
-        r"""(B, K, k_out k_in) features ``sum_t pd_t pa_t^T`` from :meth:`factors`."""
+        r"""(B, K, k_out k_in) features ``sum_t pd_t pa_t^T`` from projected inputs
+        (B, T, k_in) and output gradients (B, K, T, k_out)."""
         out = torch.einsum("bktq,btr->bkqr", pd, pa)
         return out.reshape(out.shape[0], out.shape[1], -1)
-
-    def features(self, captured: Tensor, delta: Tensor, precision: str) -> Tensor:
-        r"""(B, K, k_out k_in) projected gradients from inputs (B, 1, T, x) and delta."""
-        return self.combine(*self.factors(captured, delta, precision))
 
     def gram_cheaper(self, positions: int, rows: int) -> bool:
         r"""Whether Gram form beats features for a pair of examples (one position only).
@@ -259,6 +258,7 @@ class KroneckerFeatures(FeatureMap):
         self.layers: list[KroneckerLayer] | None = None
         #: per covered layer: its number of positions T (from the plan's probe)
         self.positions: list[int] = []
+        self._captured_bytes: int | None = None
         self.rest: ModelFunction | None = None
         self.rest_projection: RandomProjection | None = None
         #: module name -> why its parameters take the dense projection
@@ -331,8 +331,10 @@ class KroneckerFeatures(FeatureMap):
         """Activations and captured layer inputs of one example (a block runs at once)."""
         if self.layers is None:
             self.plan(inputs)
-        captured = captured_bytes(self.function, [x.rule for x in self.layers], inputs)
-        return self.function.activation_bytes(inputs) + captured
+        if self._captured_bytes is None:  # one probe forward pass, then cached
+            rules = [x.rule for x in self.layers]
+            self._captured_bytes = captured_bytes(self.function, rules, inputs)
+        return self.function.activation_bytes(inputs) + self._captured_bytes
 
     def _class_chunk(self, outputs: list[Tensor], count: int) -> int:
         per_combination = 3 * sum(o.numel() * o.element_size() for o in outputs)
@@ -409,20 +411,16 @@ class KroneckerFeatures(FeatureMap):
         targets = [record.outputs[x.rule.name][0] for x in self.layers]
         captured = [record.inputs[x.rule.name][0] for x in self.layers]
         chunk = self._class_chunk(targets, combos.shape[0])
-        parts: list[list] = [[] for _ in self.layers]  # per layer, per class chunk
-        factors: list[Tensor | None] = [None] * len(self.layers)  # P_in a of Gram layers
+        pas = [x.project_inputs(a, self.precision) for x, a in zip(self.layers, captured)]
+        parts: list[list[Tensor]] = [[] for _ in self.layers]  # per layer, per class chunk
         for c0 in range(0, combos.shape[0], chunk):
             deltas = output_gradients(record.logits, targets, combos[c0 : c0 + chunk], chunk)
-            for i, (layer, a, d) in enumerate(zip(self.layers, captured, deltas)):
-                if gram[i]:
-                    pa, pd = layer.factors(a, d, self.precision)
-                    factors[i] = pa
-                    parts[i].append(pd)
-                else:
-                    parts[i].append(layer.features(a, d, self.precision))
+            for i, (layer, pa, d) in enumerate(zip(self.layers, pas, deltas)):
+                pd = layer.project_deltas(d, self.precision)
+                parts[i].append(pd if gram[i] else layer.combine(pa, pd))
         return [
-            gram_piece(factors[i], torch.cat(p, dim=1)) if gram[i] else torch.cat(p, dim=1)
-            for i, p in enumerate(parts)
+            gram_piece(pa, torch.cat(p, dim=1)) if g else torch.cat(p, dim=1)
+            for pa, p, g in zip(pas, parts, gram)
         ]
 
     def _rest_features(self, inputs: ModelInputs, rows: int) -> Tensor:

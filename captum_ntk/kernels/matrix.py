@@ -37,12 +37,12 @@ from ..engine.precision import PRECISIONS, check_precision
 from ..engine.projection import default_projection_dim
 from ..engine.projection_kinds import check_projection, make_projection
 from .assembly import FeatureCache, assemble_kernel
-from .registry import kernel_spec
+from .registry import KERNELS, kernel_spec
 
 #: Values of ``engine``: how exact gradient kernels are computed.
 ENGINES = ("auto", "jacobian", "gram")
-#: projected kernels whose per-example gradients engine="gram" takes from the Gram capture
-CAPTURED_KERNELS = ("proj_trntk", "proj_pntk")
+#: projected kernels, whose per-example gradients engine="gram" takes from the Gram capture
+CAPTURED_KERNELS = tuple(name for name, spec in KERNELS.items() if spec.projected)
 #: feature maps that project per-example gradients (served by the capture under engine="gram")
 PROJECTED_GRADIENTS = (ProjectedJacobianFeatures, ProjectedSummedGradientFeatures)
 
@@ -335,19 +335,20 @@ def kernel_matrix(
                 computed. "jacobian": contract per-example Jacobians from ``torch.func``.
                 "gram": per-layer Grams of layer inputs and output gradients (Linear, Conv,
                 Embedding; normalisation layers materialised; other parameters through the
-                Jacobian path), raising for other kernels but the two below. "auto" (default): "gram" for the
-                exact gradient kernels, "jacobian" for the rest. For ``proj_trntk`` and
-                ``proj_pntk`` with a matrix projection ("rademacher", "gaussian", "sjlt"),
-                "gram" computes the per-example gradients from the Gram engine's capture
-                (layer inputs times output gradients, one batched outer product per layer;
+                Jacobian path), raising for kernels other than these and the two below.
+                "auto" (default): "gram" for the exact gradient kernels, "jacobian" for the
+                rest. For ``proj_trntk`` and ``proj_pntk`` with a matrix projection
+                ("rademacher", "gaussian", "sjlt"), "gram" computes the per-example
+                gradients from the Gram engine's capture (layer inputs times output
+                gradients, one batched outer product per layer;
                 :mod:`captum_ntk.engine.gram.gradients`) instead of ``vmap(jacrev)`` /
-                ``vmap(grad)`` ("auto"); the two agree to float rounding. On the CPU the capture
-                measured 0.6-1.1x the speed of ``torch.func`` (BENCHMARKS.md), so it is opt-in. With
-                ``projection="kronecker"``, "auto" also keeps one-position layers (Linear
-                layers on vectors) in Gram form: their kernel is ``<P_in a_i, P_in a_j> sum_c
-                <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker features' inner
-                products up to float rounding at a fraction of the cost; "jacobian" forms
-                the features.
+                ``vmap(grad)`` ("auto"); the two agree to float rounding. On the CPU the
+                capture measured 0.6-1.1x the speed of ``torch.func`` (BENCHMARKS.md), so it
+                is opt-in. With ``projection="kronecker"``, "auto" also keeps one-position
+                layers (Linear layers on vectors) in Gram form: their kernel is ``<P_in a_i,
+                P_in a_j> sum_c <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker
+                features' inner products up to float rounding at a fraction of the cost;
+                "jacobian" forms the features.
         precision (str): arithmetic of the projection matmuls of projected kernels (sums
                 over parameter blocks always in float32 or wider): "fp32" (default), "tf32"
                 (CUDA only; a ValueError on other devices) or "bf16" (products of bfloat16

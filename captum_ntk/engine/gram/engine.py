@@ -196,6 +196,7 @@ class GramFeatures(FeatureMap):
         self.not_covered: dict[str, str] = {}
         self.num_outputs: int | None = None
         self._example_bytes: int | None = None
+        self._captured_bytes: int | None = None
         #: whether a block of >= 2 examples has been checked for examples mixing
         self._batch_checked = False
 
@@ -363,8 +364,9 @@ class GramFeatures(FeatureMap):
         """Activations and captured layer inputs of one example (a block runs at once)."""
         if self.rules is None:
             self.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
-        captured = captured_bytes(self.function, self.rules, inputs)
-        return self.function.activation_bytes(inputs) + captured
+        if self._captured_bytes is None:  # one probe forward pass, then cached
+            self._captured_bytes = captured_bytes(self.function, self.rules, inputs)
+        return self.function.activation_bytes(inputs) + self._captured_bytes
 
     # ------------------------------------------------------------------ products
     def _scale(self, value: Tensor) -> Tensor:

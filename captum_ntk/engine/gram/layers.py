@@ -69,14 +69,7 @@ class LayerRule:
     def materialised(self, captured: Any, delta: Tensor) -> list[Tensor]:
         """Per-example gradients (B, K, p_i), one per name of ``param_names``, each flattened
         as its parameter."""
-        use, self.use_gram = self.use_gram, False
-        try:
-            out = self.finish(captured, delta)
-        finally:
-            self.use_gram = use
-        assert isinstance(out, Tensor)
-        sizes = [self.module.get_parameter(n.rsplit(".", 1)[-1]).numel() for n in self.param_names]
-        return list(out.split(sizes, dim=2))
+        raise NotImplementedError
 
     def costs(self, captured: Any, num_logits: int) -> tuple[float, float]:
         """Multiply-adds per pair of examples: (Gram form, materialised gradients)."""
@@ -243,6 +236,10 @@ class VjpRule(LayerRule):
 
     def finish(self, captured: Tensor, delta: Tensor) -> Tensor:
         return self._per_example(captured, delta)
+
+    def materialised(self, captured: Tensor, delta: Tensor) -> list[Tensor]:
+        sizes = [self.tensors[n].numel() for n in self.selected]
+        return list(self._per_example(captured, delta).split(sizes, dim=2))
 
     def weighted_grad(self, captured: Tensor, delta: Tensor, weights: Tensor) -> Tensor:
         return torch.einsum("bkp,bk->p", self._per_example(captured, delta), weights)
