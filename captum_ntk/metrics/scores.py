@@ -53,23 +53,32 @@ def correct_class_log_probability(logits: ArrayLike, labels: ArrayLike) -> Tenso
     return torch.log_softmax(values, dim=1).gather(1, truth[:, None])[:, 0]
 
 
-def correct_class_margin(logits: ArrayLike, labels: ArrayLike) -> Tensor:
+def correct_class_margin(logits: ArrayLike, labels: ArrayLike, others: str = "max") -> Tensor:
     r"""Margin of each example's correct class: its logit minus the largest other logit.
+
+    With ``others="logsumexp"`` the other logits are reduced by log-sum-exp instead of max:
+    :math:`\mathrm{logit}_y - \log\sum_{c \neq y} e^{\mathrm{logit}_c}`, TRAK's and dattri's
+    output function for counterfactual evaluation (the log-odds of the correct class).
 
     Args:
         logits (Tensor or ndarray): ``(n, C)`` logits (C >= 2) or ``(n,)`` / ``(n, 1)`` single
                     logits ``s`` (the margin is ``s`` for label 1 and ``-s`` for label 0).
         labels (Tensor or ndarray): ``(n,)`` integer labels.
+        others (str): ``"max"`` or ``"logsumexp"``. Default: ``"max"``.
 
     Returns:
         margin (Tensor): ``(n,)`` float64, positive where the class is predicted, on the CPU.
     """
+    if others not in ("max", "logsumexp"):
+        raise ValueError(f"others must be 'max' or 'logsumexp', got {others!r}")
     values, truth = _logits_and_labels(logits, labels)
     if values.dim() == 1:
         return torch.where(truth == 1, values, -values)
     correct = values.gather(1, truth[:, None])[:, 0]
-    others = values.scatter(1, truth[:, None], -torch.inf)
-    return correct - others.max(dim=1).values
+    rest = values.scatter(1, truth[:, None], -torch.inf)
+    if others == "logsumexp":
+        return correct - torch.logsumexp(rest, dim=1)
+    return correct - rest.max(dim=1).values
 
 
 def tied_pairs(values: ArrayLike) -> int:
