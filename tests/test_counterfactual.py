@@ -276,3 +276,91 @@ def test_builtin_tasks_train_deterministically_and_pickle():
         assert out.shape == (1, task.n_test) and out.dtype == torch.float64
     with pytest.raises(ValueError, match="digits-mlp"):
         get_task("mnist")
+
+
+# --------------------------------------------------------------------------- alpha selection
+def _near_interpolation_problem():
+    from captum_ntk.apps.datasets import load_digits_tensors
+
+    x, y, _, _ = load_digits_tensors(train_size=300, test_size=100, seed=1)
+    x = x.double()
+    kernel = torch.exp(-(torch.cdist(x, x) ** 2) / 8.0)
+    logits = torch.nn.functional.one_hot(y, 10).double() * 4 + 0.3 * torch.randn(
+        300, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    return kernel, logits, y
+
+
+def test_alpha_auto_adds_counterfactual_consistency_to_faithfulness():
+    from captum_ntk.surrogate import KernelGLM
+    from captum_ntk.surrogate.consistency import select_alpha
+
+    kernel, logits, y = _near_interpolation_problem()
+    tau_only = KernelGLM(loss="squared", consistency_weight=0).fit(kernel, logits, labels=y)
+    assert "consistency" not in tau_only.cv_results_
+    cv = tau_only.cv_results_
+    assert tau_only.alpha_ == float(cv["alphas"][int(np.nanargmax(cv["mean_tau"]))])
+    both = KernelGLM(loss="squared").fit(kernel, logits, labels=y)
+    res = both.cv_results_
+    assert res["consistency"].shape == res["mean_tau"].shape
+    expected = res["alphas"][int(np.argmax(res["mean_tau"] + 0.5 * res["consistency"]))]
+    assert both.alpha_ == float(expected)
+    # the consistency falls as alpha falls (the near-interpolating end predicts no refit)
+    assert res["consistency"][0] > res["consistency"][-1]
+    assert both.alpha_ >= tau_only.alpha_
+    # the rule itself: NaN consistency counts tau only; first maximum wins
+    assert select_alpha([1.0, 0.1], np.array([0.5, 0.6]), np.array([0.4, np.nan]), 0.5) == 1.0
+    assert select_alpha([1.0, 0.1], np.array([0.5, 0.6]), np.array([0.1, np.nan]), 0.5) == 0.1
+    with pytest.raises(ValueError, match="consistency_weight"):
+        KernelGLM(loss="squared", consistency_weight=-1).fit(kernel, logits, labels=y)
+
+
+def test_counterfactual_consistency_is_exact_for_an_additive_surrogate():
+    """A 'kGLM' whose refit margins are exactly additive in its attributions scores 1."""
+    from captum_ntk.surrogate.consistency import counterfactual_consistency
+
+    n = 40
+    kernel = torch.rand(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    weights = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def fit(train, alpha):  # fixed per-example weights: refit logits are the subset sums
+        coef = torch.stack([torch.zeros(train.numel()), weights[train]]).double()
+        return coef, torch.zeros(2, dtype=torch.float64)
+
+    correct = torch.ones(n, dtype=torch.int64)
+    held = torch.arange(0, n, 5)
+    scores = counterfactual_consistency(kernel, fit, correct, held, [1.0, 0.1], num_subsets=12)
+    # margin = logit_1 - logsumexp(logit_0) = sum of the attributions (logit_0 = 0)
+    np.testing.assert_allclose(scores, [1.0, 1.0], atol=1e-12)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_evaluate_cli_prints_tau_and_lds(tmp_path, capsys):
+    from captum_ntk.apps.cli import main
+
+    code = main(
+        [
+            "evaluate",
+            "--task",
+            "digits-mlp",
+            "--subsets",
+            "4",
+            "--runs",
+            "1",
+            "--kernels",
+            "trntk",
+            "--cache",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "rows.json"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| trntk |" in out and "LDS" in out
+    import json
+
+    row = json.loads((tmp_path / "rows.json").read_text())["rows"][0]
+    assert -1 <= row["lds"] <= 1 and 0 < row["tau"] <= 1 and row["cancellation"] >= 1
+    assert len(list((tmp_path / "digits-mlp").glob("*.json"))) == 4 + 1
+    assert main(["evaluate", "--kernels", "nope", "--cache", str(tmp_path)]) == 2

@@ -201,11 +201,12 @@ def test_demo_faithfulness_levels(tmp_path: Path) -> None:
     )
     results = run_demo(config, log=lambda line: None)
     tau = {(r["model"], r["kernel"]): r["tau"] for r in results["rows"]}
-    # README: every trNTK / proj-trNTK kGLM of the default (distilled) fit reaches tau_K 0.85
-    # on the MLP and 0.8 on the single-logit MLP; the paper's level is 0.7.
+    # README: every trNTK / proj-trNTK kGLM of the default (distilled) fit reaches tau_K 0.82
+    # on the MLP and 0.74 on the single-logit MLP (alpha="auto" trades a little faithfulness
+    # for counterfactual validity, docs/counterfactual.md); the paper's level is 0.7.
     for kernel in ("trntk", "proj_trntk"):
-        assert tau[("mlp", kernel)] >= 0.85 - MARGIN, tau
-        assert tau[("mlp-binary", kernel)] >= 0.80 - MARGIN, tau
+        assert tau[("mlp", kernel)] >= 0.82 - MARGIN, tau
+        assert tau[("mlp-binary", kernel)] >= 0.74 - MARGIN, tau
     assert abs(tau[("mlp", "trntk")] - tau[("mlp", "proj_trntk")]) < 0.05
     compared = {(c["model"], c["target"]): c["tau"] for c in results["comparison"]}
     # README: the distilled kGLM is more faithful than the label-fitted one (the paper's)

@@ -6,6 +6,7 @@ r"""The ``captum-ntk`` command line.
     captum-ntk demo --target labels      # the paper's label-fitted kGLM
     captum-ntk demo --quick --no-plots   # seconds
     captum-ntk demo --kernels trntk,proj_trntk,ck --output out/
+    captum-ntk evaluate --task digits-mlp --workers 2   # tau_K and LDS against retraining
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``captum-ntk`` (``demo``, ``reproduce``, ``featurize``, ``score``)."""
+    """The argument parser of ``captum-ntk`` (``demo``, ``reproduce``, ``featurize``, ``score``,
+    ``evaluate``)."""
     parser = argparse.ArgumentParser(
         prog="captum-ntk",
         description="Neural-tangent-kernel surrogate models and data attribution for PyTorch.",
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .featurize import add_store_parsers
 
     add_store_parsers(commands)
+    from .counterfactual.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -245,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_store_command(args)
     if args.command == "demo":
         return _run_demo(args)
+    if args.command == "evaluate":
+        from .counterfactual.evaluate import run_evaluate_command
+
+        return run_evaluate_command(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

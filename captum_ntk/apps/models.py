@@ -13,6 +13,8 @@ layout of the paper's MNIST2 / CIFAR2 / FMNIST2 models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -145,6 +147,7 @@ def train_classifier(
     seed: int = 0,
     weight_decay: float = 0.0,
     show_progress: bool = False,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     r"""Trains a classifier with Adam and returns it in eval mode.
 
@@ -163,6 +166,8 @@ def train_classifier(
                 Default: 0.
         weight_decay (float): Adam's L2 weight decay. Default: 0.
         show_progress (bool): tqdm bar over epochs showing the loss. Default: False.
+        on_epoch_end (Callable, optional): ``on_epoch_end(epoch, model)`` after each epoch
+                (1-based), e.g. to save TracIn checkpoints; it must not change the model.
 
     Returns:
         nn.Module: the same model, trained, in eval mode.
@@ -178,7 +183,7 @@ def train_classifier(
     bar = tqdm(range(epochs), desc="training", disable=not show_progress, leave=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for _ in bar:
+        for epoch in bar:
             order = torch.randperm(len(X), generator=generator)
             total = 0.0
             for start in range(0, len(X), batch_size):
@@ -194,6 +199,8 @@ def train_classifier(
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
             bar.set_postfix(loss=f"{total / max(len(X), 1):.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model)
     return model.eval()
 
 

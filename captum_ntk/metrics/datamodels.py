@@ -18,11 +18,10 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 
+from ..surrogate.consistency import columnwise_spearman
 from ._checks import ArrayLike, _to_tensor
 
 __all__ = ["datamodel_predictions", "draw_subsets", "linear_datamodeling_score"]
@@ -142,7 +141,7 @@ def linear_datamodeling_score(
         )
     if not bool(torch.isfinite(outputs).all()):
         raise ValueError("subset_outputs contain NaN or infinite values")
-    per_example = torch.from_numpy(_columnwise_spearman(predictions.numpy(), outputs.numpy()))
+    per_example = torch.from_numpy(columnwise_spearman(predictions.numpy(), outputs.numpy()))
     defined = per_example[~torch.isnan(per_example)]
     if defined.numel() == 0:
         warnings.warn(
@@ -155,15 +154,3 @@ def linear_datamodeling_score(
     else:
         lds = float(defined.mean())
     return (lds, per_example) if return_per_example else lds
-
-
-def _columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each column of ``a`` with the same column of ``b``; NaN if constant."""
-    rank_a = stats.rankdata(a, axis=0) - (a.shape[0] + 1) / 2
-    rank_b = stats.rankdata(b, axis=0) - (b.shape[0] + 1) / 2
-    denominator = np.sqrt((rank_a**2).sum(axis=0) * (rank_b**2).sum(axis=0))
-    numerator = (rank_a * rank_b).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = numerator / denominator
-    rho[denominator == 0] = np.nan
-    return rho

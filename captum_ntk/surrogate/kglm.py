@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ._validation import ArrayLike, Targets, as_kernel, as_labels, parse_targets
+from .consistency import CONSISTENCY_SUBSETS, counterfactual_consistency, select_alpha
 from .objectives import SquaredSystem, fit_log_loss, fit_squared, kernel_scale, sample_weight
 from .selection import (
     DEFAULT_ALPHA_GRID,
@@ -91,6 +92,12 @@ class KernelGLM(BaseEstimator):
     float64 log-probability of the correct class of held-out training points, using sub-blocks
     of the train kernel only. It needs the network: ``network_logits`` at :meth:`fit`, or soft /
     real targets, which are the network's outputs. ``alpha_`` and ``cv_results_`` report it.
+    Faithfulness alone rewards near-interpolating kGLMs whose attributions are a cancellation
+    of huge opposite terms (no counterfactual information), so the criterion adds
+    ``consistency_weight`` (default 0.5) times the kGLM's counterfactual self-consistency
+    (:func:`~captum_ntk.surrogate.consistency.counterfactual_consistency`: the LDS of its
+    attributions of held-out points against its own refits on random halves of the rest);
+    ``consistency_weight=0`` selects by tau alone (docs/counterfactual.md has the trade-off).
 
     Classes absent from hard labels (with ``num_classes``) get a zero ``coef_`` row and a finite
     intercept :data:`ABSENT_CLASS_MARGIN` (1000) below the smallest logit of any present class
@@ -126,6 +133,8 @@ class KernelGLM(BaseEstimator):
                     kernel's.
         random_state (int, optional): seed of the folds and of ``SGDClassifier``. Default: 0
         show_progress (bool, optional): tqdm bar over the fits of ``alpha="auto"``.
+        consistency_weight (float, optional): weight of the counterfactual self-consistency
+                    in ``alpha="auto"`` (0: held-out tau only). Default: 0.5
 
     Attributes:
         coef_ (Tensor): ``(n_logits, N)``. intercept_ (Tensor): ``(n_logits,)``.
@@ -133,8 +142,9 @@ class KernelGLM(BaseEstimator):
         alpha_ (float): the alpha used (chosen by cross-validation for ``"auto"``).
         penalty_ (float): :math:`\lambda = \alpha\,\sigma^2`, in the kernel's units.
         kernel_scale_ (float): :math:`\sigma`.
-        cv_results_ (dict or None): ``"alphas"``, ``"mean_tau"``, ``"std_tau"`` ``(G,)`` and
-                    ``"fold_tau"`` ``(G, cv)`` numpy arrays; None for a fixed alpha.
+        cv_results_ (dict or None): ``"alphas"``, ``"mean_tau"``, ``"std_tau"`` ``(G,)``,
+                    ``"fold_tau"`` ``(G, cv)`` and (``consistency_weight > 0``)
+                    ``"consistency"`` ``(G,)`` numpy arrays; None for a fixed alpha.
         target_kind_ (str): ``"labels"``, ``"soft"`` or ``"real"``.
         n_train_ (int), n_iter_ (int), backend_ (str).
 
@@ -159,6 +169,7 @@ class KernelGLM(BaseEstimator):
         device: torch.device | str | None = None,
         random_state: int | None = 0,
         show_progress: bool = False,
+        consistency_weight: float = 0.5,
     ) -> None:
         self.backend = backend
         self.alpha = alpha
@@ -172,6 +183,7 @@ class KernelGLM(BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.show_progress = show_progress
+        self.consistency_weight = consistency_weight
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -259,6 +271,9 @@ class KernelGLM(BaseEstimator):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be > 0 or None, got {self.tol!r}")
+        weight = self.consistency_weight
+        if not (isinstance(weight, numbers.Real) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"consistency_weight must be a finite number >= 0, got {weight!r}")
         if int(self.cv) != self.cv or self.cv < 2:
             raise ValueError(f"cv must be an integer >= 2, got {self.cv!r}")
         grid = self._grid()
@@ -336,6 +351,8 @@ class KernelGLM(BaseEstimator):
             return coef, intercept
 
         total = len(folds) * len(grid)
+        if self.consistency_weight > 0:
+            total += (1 + CONSISTENCY_SUBSETS) * len(grid)
         with tqdm(total=total, desc="alpha='auto'", disable=not self.show_progress) as bar:
             alpha, results = cross_validate_alpha(
                 kernel,
@@ -347,6 +364,19 @@ class KernelGLM(BaseEstimator):
                 bar.update,
                 ovr=self.backend == "sklearn",
             )
+            if self.consistency_weight > 0:
+                lds = counterfactual_consistency(
+                    kernel,
+                    fit_fold,
+                    correct,
+                    folds[0],
+                    grid,
+                    num_subsets=CONSISTENCY_SUBSETS,
+                    seed=int(self.random_state or 0),
+                    progress=bar.update,
+                )
+                results["consistency"] = lds
+                alpha = select_alpha(grid, results["mean_tau"], lds, self.consistency_weight)
         self.cv_results_ = results
         return alpha
 
