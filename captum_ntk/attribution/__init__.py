@@ -7,6 +7,11 @@ Each class binds a model, its training set and one kernel::
     top = attr.influence(test_batch, k=5)           # KMostInfluentialResults, streaming top-k
     glm = attr.fit_surrogate()                      # KernelGLM (Eq. 1)
     A = attr.attribute(test_batch)                  # (n_test, C, n_train), Eq. 3
+
+Counterfactual scores (TRAK's estimator with the margin's eNTK, ensembles of networks)::
+
+    attr = MarginNTKAttribution([model_1, ..., model_10], train_dataset)
+    scores = attr.influence((x_test, y_test))       # (n_test, n_train)
 """
 
 from .base import NTKAttribution
@@ -21,11 +26,13 @@ from .classes import (
     TrNTK0Attribution,
     TrNTKAttribution,
 )
+from .margin import MarginNTKAttribution
 
 __all__ = [
     "ATTRIBUTION_CLASSES",
     "ConjugateKernelAttribution",
     "EmbeddingKernelAttribution",
+    "MarginNTKAttribution",
     "NTKAttribution",
     "PNTK0Attribution",
     "PNTKAttribution",
