@@ -5,6 +5,8 @@ one retrained ground truth (``--subsets`` random halves x ``--runs`` seeds, TRAK
 margin, cached in ``--cache`` so a rerun or an interrupted run resumes) scores every method in
 the same run:
 
+- ``MarginNTKAttribution`` (the margin's eNTK, exact and projected to ``--trak-dim``) for one
+  network and an ensemble of ``--ensemble``;
 - every attributable kernel with ``fit_surrogate()`` defaults (Eq. 3 attributions of the correct
   class), the paper's label-fitted kGLM, the probability-distilled kGLM, and an ensemble of
   ``--ensemble`` independently trained networks (attributions averaged);
@@ -27,20 +29,17 @@ import json
 import platform
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from peers import grad_dot_scores, representer_scores, tracin_cp_scores, trak_scores
-from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from captum_ntk import MarginNTKAttribution
 from captum_ntk.apps.counterfactual import get_task
-from captum_ntk.attribution import ATTRIBUTION_CLASSES
+from captum_ntk.apps.counterfactual.evaluate import kernel_attribution_scores
 from captum_ntk.metrics import (
-    correct_class_log_probability,
-    kendall_tau,
     linear_datamodeling_score,
     removal_test,
 )
@@ -50,30 +49,6 @@ CURVE_ALPHAS = {
     "logits": (1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-6, 1e-8),
     "labels": (1.0, 0.1, 0.01, 1e-3, 1e-4),
 }
-
-
-def ntk_scores(model, kernel, x, y, xt, yt, projection_dim, **fit) -> dict:
-    """Eq. 3 attributions of the correct class, tau_K and the cancellation ratio."""
-    options = {"projection_dim": projection_dim} if kernel.startswith("proj") else {}
-    attr = ATTRIBUTION_CLASSES[kernel](model, TensorDataset(x, y), batch_size=300, **options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        glm = attr.fit_surrogate(**fit)
-    attributions = attr.attribute(xt)  # (n_test, C, N)
-    rows = torch.arange(len(yt))
-    kglm_logits = attributions.sum(dim=-1)
-    with torch.no_grad():
-        logits = model(xt)
-    tau = kendall_tau(
-        correct_class_log_probability(logits, yt), correct_class_log_probability(kglm_logits, yt)
-    )
-    cancellation = attributions[rows, yt].abs().sum(-1) / kglm_logits[rows, yt].abs()
-    return {
-        "scores": attributions[rows, yt],
-        "tau": tau,
-        "alpha": glm.alpha_,
-        "cancellation": float(cancellation.median()),
-    }
 
 
 def train_with_checkpoints(task, directory: Path) -> tuple[nn.Module, list[str]]:
@@ -123,17 +98,23 @@ def evaluate_task(name: str, args: argparse.Namespace) -> dict:
             assert torch.equal(p, q), "checkpointed training must equal task.train"
         for kernel in KERNELS:
             start = time.perf_counter()
-            out = ntk_scores(model, kernel, x, y, xt, yt, args.projection_dim)
+            out = kernel_attribution_scores(
+                model, kernel, x, y, xt, yt, projection_dim=args.projection_dim
+            )
             add(
                 f"{kernel} (default)", out.pop("scores"), seconds=time.perf_counter() - start, **out
             )
         for target in ("labels", "probabilities"):
-            out = ntk_scores(model, "trntk", x, y, xt, yt, args.projection_dim, target=target)
+            out = kernel_attribution_scores(
+                model, "trntk", x, y, xt, yt, projection_dim=args.projection_dim, target=target
+            )
             add(f"trntk ({target}, alpha auto)", out.pop("scores"), **out)
         curve = {}
         for target, alphas in CURVE_ALPHAS.items():
             for alpha in alphas:
-                out = ntk_scores(model, "trntk", x, y, xt, yt, 0, target=target, alpha=alpha)
+                out = kernel_attribution_scores(
+                    model, "trntk", x, y, xt, yt, projection_dim=0, target=target, alpha=alpha
+                )
                 lds = linear_datamodeling_score(out["scores"], truth.masks, truth.outputs)
                 curve[f"{target} {alpha:g}"] = {
                     "target": target,
@@ -146,12 +127,27 @@ def evaluate_task(name: str, args: argparse.Namespace) -> dict:
                     f"  {name:11s} curve trntk {target} alpha={alpha:g}: tau {out['tau']:.3f} LDS {lds:.3f}",
                     flush=True,
                 )
-        ensemble = [ntk_scores(m, "trntk", x, y, xt, yt, 0) for m in models[: args.ensemble]]
+        ensemble = [
+            kernel_attribution_scores(m, "trntk", x, y, xt, yt, projection_dim=0)
+            for m in models[: args.ensemble]
+        ]
         add(
             f"trntk ensemble of {args.ensemble}",
             torch.stack([e["scores"] for e in ensemble]).mean(0),
             tau_mean=sum(e["tau"] for e in ensemble) / len(ensemble),
         )
+        for count in sorted({1, args.ensemble}):
+            for dim in (None, args.trak_dim):
+                start = time.perf_counter()
+                margin = MarginNTKAttribution(
+                    models[:count], TensorDataset(x, y), batch_size=300, projection_dim=dim
+                )
+                label = "exact" if dim is None else f"K={dim}"
+                add(
+                    f"margin NTK ({label}), {count} network(s)",
+                    margin.influence((xt, yt)),
+                    seconds=time.perf_counter() - start,
+                )
         for count in sorted({1, args.ensemble, args.trak_models}):
             start = time.perf_counter()
             scores = trak_scores(models[:count], x, y, xt, yt, projection_dim=args.trak_dim)

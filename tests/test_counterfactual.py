@@ -303,14 +303,26 @@ def test_alpha_auto_adds_counterfactual_consistency_to_faithfulness():
     both = KernelGLM(loss="squared").fit(kernel, logits, labels=y)
     res = both.cv_results_
     assert res["consistency"].shape == res["mean_tau"].shape
-    expected = res["alphas"][int(np.argmax(res["mean_tau"] + 0.5 * res["consistency"]))]
-    assert both.alpha_ == float(expected)
+    total = res["mean_tau"] + 0.5 * res["consistency"]
+    best = int(np.argmax(total))
+    tau_se = res["std_tau"][best] / np.sqrt(res["fold_tau"].shape[1])
+    error = np.hypot(tau_se, 0.5 * res["consistency_se"][best])
+    assert both.alpha_ == float(res["alphas"][np.nonzero(total >= total[best] - error)[0][0]])
+    assert np.all(res["consistency_se"] > 0) and np.all(res["consistency_se"] < 0.1)
     # the consistency falls as alpha falls (the near-interpolating end predicts no refit)
     assert res["consistency"][0] > res["consistency"][-1]
     assert both.alpha_ >= tau_only.alpha_
-    # the rule itself: NaN consistency counts tau only; first maximum wins
-    assert select_alpha([1.0, 0.1], np.array([0.5, 0.6]), np.array([0.4, np.nan]), 0.5) == 1.0
-    assert select_alpha([1.0, 0.1], np.array([0.5, 0.6]), np.array([0.1, np.nan]), 0.5) == 0.1
+    # the rule: NaN consistency counts tau only; within one standard error the larger alpha wins
+    flat = {
+        "mean_tau": np.array([0.5, 0.6]),
+        "std_tau": np.zeros(2),
+        "fold_tau": np.zeros((2, 4)),
+        "consistency_se": np.zeros(2),
+    }
+    assert select_alpha([1.0, 0.1], dict(flat, consistency=np.array([0.4, np.nan])), 0.5) == 1.0
+    assert select_alpha([1.0, 0.1], dict(flat, consistency=np.array([0.1, np.nan])), 0.5) == 0.1
+    noisy = dict(flat, std_tau=np.array([0.0, 0.2]), consistency=np.array([0.1, np.nan]))
+    assert select_alpha([1.0, 0.1], noisy, 0.5) == 1.0  # SE 0.1 at the best alpha
     with pytest.raises(ValueError, match="consistency_weight"):
         KernelGLM(loss="squared", consistency_weight=-1).fit(kernel, logits, labels=y)
 
@@ -329,9 +341,12 @@ def test_counterfactual_consistency_is_exact_for_an_additive_surrogate():
 
     correct = torch.ones(n, dtype=torch.int64)
     held = torch.arange(0, n, 5)
-    scores = counterfactual_consistency(kernel, fit, correct, held, [1.0, 0.1], num_subsets=12)
+    scores, errors = counterfactual_consistency(
+        kernel, fit, correct, held, [1.0, 0.1], num_subsets=12
+    )
     # margin = logit_1 - logsumexp(logit_0) = sum of the attributions (logit_0 = 0)
     np.testing.assert_allclose(scores, [1.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(errors, [0.0, 0.0], atol=1e-12)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -357,10 +372,12 @@ def test_evaluate_cli_prints_tau_and_lds(tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "| trntk |" in out and "LDS" in out
+    assert "| trntk |" in out and "LDS" in out and "| margin NTK x1 |" in out
     import json
 
-    row = json.loads((tmp_path / "rows.json").read_text())["rows"][0]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert -1 <= rows[1]["lds"] <= 1
+    row = rows[0]
     assert -1 <= row["lds"] <= 1 and 0 < row["tau"] <= 1 and row["cancellation"] >= 1
     assert len(list((tmp_path / "digits-mlp").glob("*.json"))) == 4 + 1
     assert main(["evaluate", "--kernels", "nope", "--cache", str(tmp_path)]) == 2

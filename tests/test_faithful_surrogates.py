@@ -46,19 +46,30 @@ def test_near_separable_task_is_confident_and_deterministic(separable) -> None:
 
 def test_default_surrogate_is_faithful_on_near_separable_task(separable) -> None:
     task, attr, test_kernel = separable
-    glm = attr.fit_surrogate()  # defaults: target="logits", alpha="auto"
+    # faithfulness alone (consistency_weight=0): the near-interpolating kGLM, tau_K >= 0.8
+    faithful = attr.fit_surrogate(consistency_weight=0)
+    faithful_scores = faithfulness(
+        task.model, attr, task.x_test, task.y_test, surrogate=faithful, test_kernel=test_kernel
+    )
+    assert faithful_scores["tau"] >= 0.8
+    assert faithful_scores["ties"] == 0
+    # defaults: target="logits", alpha="auto" with counterfactual self-consistency, which
+    # trades faithfulness for attributions that are not a cancellation (docs/counterfactual.md)
+    glm = attr.fit_surrogate()
+    assert glm.alpha_ > faithful.alpha_
     scores = faithfulness(
         task.model, attr, task.x_test, task.y_test, surrogate=glm, test_kernel=test_kernel
     )
-    assert scores["tau"] >= 0.8
+    assert scores["tau"] >= 0.7
     assert scores["ties"] == 0
     assert abs(scores["tad"]) <= 0.01
-    # the paper's label-fitted kGLM is much less faithful to this confident network (issue 12)
+    # the paper's label-fitted kGLM is less faithful to this confident network (issue 12)
     paper = attr.fit_surrogate(target="labels", alpha=1e-3)
     paper_scores = faithfulness(
         task.model, attr, task.x_test, task.y_test, surrogate=paper, test_kernel=test_kernel
     )
-    assert paper_scores["tau"] < scores["tau"] - 0.2
+    assert paper_scores["tau"] < scores["tau"] - 0.1
+    assert paper_scores["tau"] < faithful_scores["tau"] - 0.2
 
 
 # ------------------------------------------------------------------ Eq. 3 sums for every target

@@ -63,10 +63,13 @@ def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return rho
 
 
-def _mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
+def _mean_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean over columns of the Spearman correlations and its standard error."""
     rho = columnwise_spearman(a, b)
     rho = rho[~np.isnan(rho)]
-    return float(rho.mean()) if rho.size else math.nan
+    if rho.size < 2:
+        return (float(rho.mean()) if rho.size else math.nan), math.nan
+    return float(rho.mean()), float(rho.std(ddof=1) / math.sqrt(rho.size))
 
 
 def counterfactual_consistency(
@@ -79,7 +82,7 @@ def counterfactual_consistency(
     num_subsets: int = 16,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     r"""The kGLM's LDS against its own refits, for each alpha of a grid.
 
     With ``T`` the training points outside ``held_out``: a kGLM fitted on ``T`` gives each
@@ -100,7 +103,8 @@ def counterfactual_consistency(
         progress (Callable, optional): called with 1 after each fit.
 
     Returns:
-        ndarray: ``(G,)`` scores in ``[-1, 1]`` (NaN where undefined).
+        tuple of ndarray: ``(G,)`` scores in ``[-1, 1]`` (NaN where undefined) and ``(G,)``
+        their standard errors over the held-out points.
     """
     n = kernel.shape[0]
     generator = torch.Generator().manual_seed(seed)
@@ -113,7 +117,7 @@ def counterfactual_consistency(
     if scored.numel() > MAX_HELD_OUT:
         scored = scored[torch.randperm(scored.numel(), generator=generator)[:MAX_HELD_OUT]]
     if scored.numel() == 0 or train.numel() < 4:
-        return np.full(len(alphas), math.nan)
+        return np.full(len(alphas), math.nan), np.full(len(alphas), math.nan)
     target = correct[scored]
     device = kernel.device
     block = kernel[scored.to(device)][:, train.to(device)].to(torch.float64)
@@ -139,7 +143,8 @@ def counterfactual_consistency(
             outputs[g, m] = _margin(logits, target.to(device)).cpu().numpy()
             if progress is not None:
                 progress(1)
-    return np.array([_mean_spearman(predictions[g], outputs[g]) for g in range(len(alphas))])
+    pairs = [_mean_spearman(predictions[g], outputs[g]) for g in range(len(alphas))]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
 
 #: Refits per alpha of :func:`counterfactual_consistency` in ``alpha="auto"``.
@@ -147,23 +152,34 @@ CONSISTENCY_SUBSETS = 16
 
 
 def select_alpha(
-    alphas: Sequence[float], mean_tau: np.ndarray, lds: np.ndarray, weight: float
+    alphas: Sequence[float], cv_results: dict[str, np.ndarray], weight: float
 ) -> float:
-    r"""The alpha maximising held-out tau plus ``weight`` times counterfactual self-consistency.
+    r"""The alpha maximising held-out tau plus ``weight`` times counterfactual self-consistency,
+    with the one-standard-error rule toward larger alpha.
 
     Both are rank correlations in ``[-1, 1]`` on held-out training points; an alpha whose
-    consistency is undefined (NaN) counts its tau only. The first maximum wins (the largest
-    alpha of a descending grid).
+    consistency is undefined (NaN) counts its tau only. The chosen alpha is the largest whose
+    score lies within one standard error of the best score (at the best alpha: the standard
+    error of tau over the folds and that of the consistency over the held-out points,
+    combined): where the curve is flat within its noise the choice goes to the more
+    regularised, less cancelling kGLM instead of flipping with the last digits of the kernel.
 
     Args:
-        alphas (sequence of float): the grid. mean_tau (ndarray): ``(G,)`` held-out taus.
-        lds (ndarray): ``(G,)`` :func:`counterfactual_consistency` scores.
+        alphas (sequence of float): the grid, descending.
+        cv_results (dict): ``"mean_tau"``, ``"std_tau"`` ``(G,)``, ``"fold_tau"`` ``(G, k)``,
+                    ``"consistency"`` and ``"consistency_se"`` ``(G,)``.
         weight (float): weight of the consistency (``KernelGLM(consistency_weight=)``).
 
     Returns:
         float: the chosen alpha.
     """
-    total = weight * np.where(np.isnan(lds), 0.0, lds) + mean_tau
+    lds = cv_results["consistency"]
+    total = weight * np.where(np.isnan(lds), 0.0, lds) + cv_results["mean_tau"]
     if not np.isfinite(total).any():
         raise ValueError("alpha='auto' could not score any alpha; pass a float alpha.")
-    return float(alphas[int(np.nanargmax(total))])
+    best = int(np.nanargmax(total))
+    tau_se = float(cv_results["std_tau"][best]) / math.sqrt(cv_results["fold_tau"].shape[1])
+    lds_se = weight * float(cv_results["consistency_se"][best])
+    error = math.sqrt(sum(v * v for v in (tau_se, lds_se) if math.isfinite(v)))
+    finite = np.where(np.isfinite(total), total, -np.inf)
+    return float(alphas[int(np.nonzero(finite >= total[best] - error)[0][0])])

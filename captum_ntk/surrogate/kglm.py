@@ -97,7 +97,8 @@ class KernelGLM(BaseEstimator):
     ``consistency_weight`` (default 0.5) times the kGLM's counterfactual self-consistency
     (:func:`~captum_ntk.surrogate.consistency.counterfactual_consistency`: the LDS of its
     attributions of held-out points against its own refits on random halves of the rest);
-    ``consistency_weight=0`` selects by tau alone (docs/counterfactual.md has the trade-off).
+    the largest alpha within one standard error of the best wins; ``consistency_weight=0``
+    selects by tau alone (docs/counterfactual.md has the trade-off).
 
     Classes absent from hard labels (with ``num_classes``) get a zero ``coef_`` row and a finite
     intercept :data:`ABSENT_CLASS_MARGIN` (1000) below the smallest logit of any present class
@@ -365,7 +366,7 @@ class KernelGLM(BaseEstimator):
                 ovr=self.backend == "sklearn",
             )
             if self.consistency_weight > 0:
-                lds = counterfactual_consistency(
+                lds, lds_se = counterfactual_consistency(
                     kernel,
                     fit_fold,
                     correct,
@@ -375,8 +376,8 @@ class KernelGLM(BaseEstimator):
                     seed=int(self.random_state or 0),
                     progress=bar.update,
                 )
-                results["consistency"] = lds
-                alpha = select_alpha(grid, results["mean_tau"], lds, self.consistency_weight)
+                results["consistency"], results["consistency_se"] = lds, lds_se
+                alpha = select_alpha(grid, results, self.consistency_weight)
         self.cv_results_ = results
         return alpha
 

@@ -2,7 +2,8 @@ r"""``captum-ntk evaluate``: faithfulness and counterfactual validity of the ker
 
 For a built-in task: the retrained ground truth (resumable, ``--cache``), the model to explain
 (the task trained on the full training set, seed 0), and per kernel the ``fit_surrogate()``
-defaults' tau_K, LDS, cancellation ratio and (optionally) the removal test. Peers (TRAK,
+defaults' tau_K, LDS, cancellation ratio and (optionally) the removal test, and the
+:class:`~captum_ntk.attribution.MarginNTKAttribution` scores of ``--margin-networks`` networks. Peers (TRAK,
 TracInCP, ...) are measured on the same ground truth by ``benchmarks/attribution_quality.py``.
 """
 
@@ -20,7 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from ...attribution import ATTRIBUTION_CLASSES
+from ...attribution import ATTRIBUTION_CLASSES, MarginNTKAttribution
 from ...kernels.registry import kernel_names
 from ...metrics import (
     correct_class_log_probability,
@@ -103,6 +104,12 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--projection-dim", type=int, default=2048)
     parser.add_argument("--removal-examples", type=int, default=0, help="0: no removal test")
     parser.add_argument("--k", type=int, default=10, help="examples removed (default 10)")
+    parser.add_argument(
+        "--margin-networks",
+        type=int,
+        default=1,
+        help="networks (seeds 0..N-1) of the MarginNTKAttribution row (0: no row; default 1)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
 
 
@@ -146,6 +153,23 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
             f"{row['cancellation']:.1f} | {removal} |",
             flush=True,
         )
+    if args.margin_networks > 0:
+        models = [model] + [
+            task.train(torch.arange(task.num_train), seed)
+            for seed in range(1, args.margin_networks)
+        ]
+        scores = MarginNTKAttribution(models, TensorDataset(x, y)).influence((xt, yt))
+        row = {"kernel": f"margin NTK x{args.margin_networks}"}
+        row["lds"] = linear_datamodeling_score(scores, truth.masks, truth.outputs)
+        removal = "-"
+        if args.removal_examples:
+            result = removal_test(
+                scores, harness, k=args.k, test_indices=torch.arange(args.removal_examples)
+            )
+            row["removal"] = result.summary()
+            removal = f"{result.drop_top:.2f} / {result.drop_random:.2f}"
+        rows.append(row)
+        print(f"| {row['kernel']} | - | - | {row['lds']:.3f} | - | {removal} |", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"task": task.name, "rows": rows}, indent=1))
     return 0
