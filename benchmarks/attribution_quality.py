@@ -164,6 +164,8 @@ def evaluate_task(name: str, args: argparse.Namespace) -> dict:
         "trntk (default)",
         "trntk (labels, alpha auto)",
         f"trntk ensemble of {args.ensemble}",
+        "margin NTK (exact), 1 network(s)",
+        f"margin NTK (exact), {args.ensemble} network(s)",
         "TRAK, 1 model(s)",
         f"TRAK, {args.ensemble} model(s)",
         "TracInCP (Captum, 3 checkpoints)",
@@ -193,24 +195,39 @@ def evaluate_task(name: str, args: argparse.Namespace) -> dict:
 
 
 def markdown(report: dict) -> str:
+    """The methods table of each task (rerun: ``python attribution_quality.py --table JSON``)."""
     lines = []
     for task in report["tasks"]:
         lines += [
-            f"### {task['task']}",
+            f"#### {task['task']}",
             "",
-            "| method | tau_K | LDS | removal: margin drop top-k / random | flips top-k / random |",
-            "|---|---:|---:|---:|---:|",
+            "| method | alpha | tau_K | LDS | sum abs(A) / abs(logit) | removal: margin drop, top-k / random | flips, top-k / random |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for method, row in task["methods"].items():
             tau = f"{row['tau']:.3f}" if "tau" in row else "-"
+            alpha = f"{row['alpha']:g}" if "alpha" in row else "-"
+            ratio = f"{row['cancellation']:.1f}" if "cancellation" in row else "-"
             rem = row.get("removal")
-            drop = f"{rem['drop_top']:.2f} / {rem['drop_random']:.2f}" if rem else "-"
+            drop = f"{rem['drop_top']:+.2f} / {rem['drop_random']:+.2f}" if rem else "-"
             flips = (
                 f"{rem['flip_fraction_top']:.2f} / {rem['flip_fraction_random']:.2f}"
                 if rem
                 else "-"
             )
-            lines.append(f"| {method} | {tau} | {row['lds']:.3f} | {drop} | {flips} |")
+            lines.append(
+                f"| {method} | {alpha} | {tau} | {row['lds']:.3f} | {ratio} | {drop} | {flips} |"
+            )
+        lines.append("")
+        lines += [
+            "| trNTK kGLM target | alpha | tau_K | LDS | sum abs(A) / abs(logit) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for point in task["curve"].values():
+            lines.append(
+                f"| {point['target']} | {point['alpha']:g} | {point['tau']:.3f} | {point['lds']:.3f} | "
+                f"{point['cancellation']:.1f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -265,7 +282,7 @@ def main() -> None:
     parser.add_argument("--projection-dim", type=int, default=2048)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--removal-examples", type=int, default=30)
-    parser.add_argument("--removal-runs", type=int, default=2)
+    parser.add_argument("--removal-runs", type=int, default=4)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -273,7 +290,14 @@ def main() -> None:
     )
     parser.add_argument("--json", default="attribution_quality.json")
     parser.add_argument("--curve", default=None, help="write the trade-off figure here")
+    parser.add_argument("--table", default=None, help="print the tables of a JSON report, exit")
     args = parser.parse_args()
+    if args.table:
+        report = json.loads(Path(args.table).read_text())
+        print(markdown(report))
+        if args.curve:
+            plot_curve(report, args.curve)
+        return
     if args.quick:
         args.subsets, args.runs, args.ensemble, args.trak_models = 40, 1, 3, 5
         args.removal_examples, args.removal_runs = 10, 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from captum_ntk.metrics import (
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from counterfactual_helpers import AdditiveTask, make_tau, read_outputs  # noqa: E402
+from test_distributed import _free_port  # noqa: E402
 
 
 # --------------------------------------------------------------------------- LDS
@@ -161,12 +161,6 @@ def test_harness_worker_processes_equal_one_process(tmp_path):
     a = single.subset_ground_truth(num_subsets=5, runs=2, seed=2)
     b = pooled.subset_ground_truth(num_subsets=5, runs=2, seed=2)
     assert torch.equal(a.run_outputs, b.run_outputs)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
