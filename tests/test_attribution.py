@@ -956,3 +956,26 @@ def test_engine_passes_through_to_exact_kernels():
     jac = cn.TrNTKAttribution(model, train, batch_size=4, engine="jacobian")
     gram = cn.TrNTKAttribution(model, train, batch_size=4, engine="gram")
     torch.testing.assert_close(jac.influence(test), gram.influence(test), rtol=1e-10, atol=1e-12)
+
+
+def test_two_logit_network_gets_one_attribution_row_per_logit() -> None:
+    """Issue 17 (5): target='labels' on a 2-logit network fits a one-logit binary kGLM; its
+    attributions still have one row per network logit (the equivalent softmax rows)."""
+    model = models.make_mlp(d_out=2)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 6, generator=generator, dtype=torch.float64)
+    y = torch.arange(30) % 2
+    xt = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    attr = cn.TrNTKAttribution(model, TensorDataset(x, y), batch_size=8)
+    glm = attr.fit_surrogate(target="labels", alpha=1e-2)
+    assert glm.coef_.shape == (1, 30)  # sklearn's binary layout
+    full = attr.attribute(xt)
+    assert full.shape == (5, 2, 30)
+    probs = torch.softmax(full.sum(dim=2), dim=1)
+    assert_close(probs, glm.predict_proba(attr.influence(xt)))
+    assert_close(full[:, 0], -full[:, 1])
+    assert_close(attr.attribute(xt, target=1), full[:, 1])
+    assert_close(attr.attribute(xt, target=[0, 1, 0, 1, 1]), full[torch.arange(5), [0, 1, 0, 1, 1]])
+    # the default (logits) target already has two rows
+    attr.fit_surrogate(alpha=1e-2)
+    assert attr.attribute(xt).shape == (5, 2, 30)

@@ -133,7 +133,8 @@ class SurrogateMethods:
         r"""Data attribution (Eq. 3): A(x, x_i)^c = W_{c,i} κ(x, x_i) + b_c / N.
 
         Summing over training examples gives the kGLM logit exactly, whatever the target the
-        kGLM was fitted to. A class absent from hard-label targets has a zero ``coef_`` row
+        kGLM was fitted to. There is one row per network logit: a binary kGLM (one logit s)
+        of a two-logit network gives the rows of the equivalent softmax kGLM, (-s/2, s/2). A class absent from hard-label targets has a zero ``coef_`` row
         and a finite intercept (see :class:`~captum_ntk.surrogate.KernelGLM`): each training
         point contributes ``intercept_c / N`` to it. Fits the surrogate with default options
         first if :meth:`fit_surrogate` has not been called.
@@ -142,20 +143,26 @@ class SurrogateMethods:
             inputs (Tensor, tuple, Mapping or DataLoader): test batch.
             target (int, sequence of int or Tensor, optional): Captum-style class indices:
                     one int for every example, or one per example. Default: None, every
-                    logit of the kGLM. A binary kGLM (one logit s, the log-odds of class 1)
-                    accepts classes 0 and 1: class 1 gives the attributions of s, class 0
+                    logit. A binary kGLM of a one-logit network (one logit s, the log-odds of
+                    class 1) accepts classes 0 and 1: class 1 gives the attributions of s, class 0
                     their negation (they sum to -s, the log-odds of class 0).
             show_progress (bool): progress bar.
 
         Returns:
-            Tensor: (n_test, C, n_train) with C the number of kGLM logits (1 for a binary
-            kGLM), or (n_test, n_train) with ``target``.
+            Tensor: (n_test, C, n_train) with C the number of network logits (1 for a
+            one-logit network), or (n_test, n_train) with ``target``.
         """
         glm = self.surrogate if self.surrogate is not None else self.fit_surrogate()
         kernel = self.influence(inputs, show_progress=show_progress)
         coef = glm.coef_.to("cpu", kernel.dtype)
         intercept = glm.intercept_.to("cpu", kernel.dtype)
         n_logits = coef.shape[0]
+        if n_logits == 1 and self.model_logits().shape[1] == 2:
+            # a binary kGLM (one logit s, the log-odds of class 1) of a two-logit network: one
+            # row per network logit, (-s/2, s/2), whose softmax is the kGLM's sigmoid
+            coef = torch.cat([-coef, coef]) / 2
+            intercept = torch.cat([-intercept, intercept]) / 2
+            n_logits = 2
         if target is None:
             return kernel[:, None, :] * coef[None] + (intercept / self.num_train)[None, :, None]
         t = torch.as_tensor(target, dtype=torch.long).reshape(-1)
