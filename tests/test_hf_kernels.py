@@ -662,3 +662,26 @@ def test_wrapped_model_with_raw_batch(minilm, tokenizer):
     )
     expected = cn.kernel_matrix(minilm[0], raw, kernel="pntk", layers=["classifier"])
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "kernel, kw",
+    [
+        ("trntk0", {}),
+        ("trntk", {}),
+        ("proj_trntk", {"projection_dim": 256, "engine": "gram"}),
+        ("proj_trntk", {"projection_dim": 256, "projection": "kronecker"}),
+    ],
+)
+def test_one_sentence_against_a_padded_batch(kernel, kw, minilm64, tokenizer):
+    """Issue 17 (1): one sentence padded to 32 tokens first, then a padded batch: the Gram
+    engine planned on the one-example block covered BERT's position embedding (its (1, T)
+    position ids look batched in a batch of one) and raised on the next block."""
+    batch = padded(tokenizer, TRAIN_SENTENCES[:3], padding="max_length", max_length=32)
+    one = {key: value[:1] for key, value in batch.items()}
+    kw = {"layers": ["bert.embeddings.position_embeddings", "bert.pooler", "classifier"], **kw}
+    first_one = cn.kernel_matrix(minilm64, one, batch, kernel=kernel, **kw)
+    whole = cn.kernel_matrix(minilm64, batch, batch, kernel=kernel, **kw)
+    assert_rel(first_one, whole[:1], 1e-8)
+    # and the other way round: a batch first, then one sentence, in one call
+    assert_rel(cn.kernel_matrix(minilm64, batch, one, kernel=kernel, **kw), whole[:, :1], 1e-8)

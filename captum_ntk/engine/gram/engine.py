@@ -221,10 +221,17 @@ class GramFeatures(FeatureMap):
         self._check_mode()
         function = self.function
         candidates, self.not_covered = candidate_rules(function)
+        # A one-example block cannot show which modules see unbatched inputs (BERT's position
+        # ids are (1, T) whatever the batch): plan on the example twice, so the plan does not
+        # depend on whether the first block holds one example (it cannot show mixing either:
+        # that is checked on the first real block of two or more).
+        duplicated = inputs.num_examples == 1
+        if duplicated:
+            inputs = inputs.map(lambda t: torch.cat([t, t]))
         prepared = function.prepare(inputs)
         record = forward_capture(function, prepared, candidates)
         batch = prepared.num_examples
-        if batch > 1:
+        if batch > 1 and not duplicated:
             self._batch_checked = True
             if mixes_examples(function, prepared, record.logits):
                 self.not_covered.update({rule.name: MIXED_BATCH for rule in candidates})
