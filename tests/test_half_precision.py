@@ -59,3 +59,64 @@ def test_half_precision_attribution_influence_is_float32():
     scores = attr.influence(x[:3])
     assert scores.dtype == torch.float32
     assert scores.unique().numel() > 20
+
+
+class _PrecisionSpy(nn.Module):
+    """Records the float32 matmul settings in force while the model runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.seen: list[tuple[str, bool, bool]] = []
+
+    def forward(self, x):
+        self.seen.append(
+            (
+                torch.get_float32_matmul_precision(),
+                torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32,
+            )
+        )
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("kernel", ["trntk", "proj_trntk", "ck"])
+def test_fp32_means_fp32_under_a_training_scripts_tf32_settings(kernel):
+    """Issue 17 (6): precision='fp32' must hold under set_float32_matmul_precision('high') and
+    allow_tf32=True, which many training scripts set; the caller's settings are restored."""
+    model = _PrecisionSpy().eval()
+    x = torch.randn(6, 4)
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        options = {"projection_dim": 8} if kernel.startswith("proj") else {}
+        cn.kernel_matrix(model, x, kernel=kernel, engine="jacobian", **options)
+        assert model.seen and set(model.seen) == {("highest", False, False)}
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cuda.matmul.allow_tf32 = saved[1]
+        torch.backends.cudnn.allow_tf32 = saved[2]
+
+
+def test_attribution_methods_run_in_fp32_under_tf32_settings():
+    model = _PrecisionSpy().eval()
+    x = torch.randn(6, 4)
+    data = TensorDataset(x, torch.arange(6) % 3)
+    saved = torch.get_float32_matmul_precision()
+    try:
+        attr = cn.ProjTrNTKAttribution(model, data, projection_dim=8)
+        torch.set_float32_matmul_precision("high")
+        model.seen.clear()
+        attr.influence(x[:2])
+        attr.fit_surrogate(alpha=0.1)
+        assert model.seen and set(model.seen) == {("highest", False, False)}
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(saved)

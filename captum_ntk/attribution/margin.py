@@ -37,6 +37,7 @@ from ..engine.batches import split_batch
 from ..engine.features import ParamBlocks
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_mode
+from ..engine.precision import exact_float32
 from ..kernels.matrix import build_feature_map
 from .arguments import check_k
 from .training_data import read_training_data
@@ -96,7 +97,7 @@ class _Member:
     ) -> tuple[Tensor, Tensor]:
         """``(B, D)`` margin gradients (float64) and ``(B,)`` ``1 - p``."""
         function = self.feature_map.function
-        with check_mode(self.model, eval_mode):
+        with check_mode(self.model, eval_mode), exact_float32():
             logits = function.batch_logits(inputs)
             features = self.feature_map(inputs)
         q, residual = margin_weights(logits, labels)

@@ -15,6 +15,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..engine.precision import exact_float32
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -35,7 +37,8 @@ def current_model_state(method: F) -> F:
             self._refresh_if_stale()
         self._state_depth += 1
         try:
-            return method(self, *args, **kwargs)
+            with exact_float32():  # precision="fp32" holds under a script's TF32 settings
+                return method(self, *args, **kwargs)
         finally:
             self._state_depth -= 1
 

@@ -58,6 +58,33 @@ def check_precision(precision: str, device: torch.device | str | None) -> str:
 
 
 @contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    r"""Float32 matmuls and convolutions in full float32 inside the block (restored after).
+
+    Training scripts often call ``torch.set_float32_matmul_precision("high")`` or set
+    ``torch.backends.cuda.matmul.allow_tf32`` / ``torch.backends.cudnn.allow_tf32``, which
+    make float32 products TF32 (10-bit mantissas) on Ampere and later GPUs, or bf16-based on
+    CPUs with such units. ``precision="fp32"`` means float32: features and kernels are computed
+    inside this context. (``precision="tf32"`` projections re-enable TF32 for their own
+    products only.)
+    """
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cuda.matmul.allow_tf32 = saved[1]
+        torch.backends.cudnn.allow_tf32 = saved[2]
+
+
+@contextlib.contextmanager
 def tf32_matmul(enabled: bool) -> Iterator[None]:
     """Allows TF32 CUDA matmuls inside the block if ``enabled`` (restored after)."""
     if not enabled:

@@ -23,6 +23,7 @@ from ..engine.features import FeatureMap, Features, ParamBlocks
 from ..engine.gram.engine import GramBlocks
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_finite
+from ..engine.precision import exact_float32
 from ..engine.streaming import StreamedInputs
 
 #: Feature dtypes whose inner products are accumulated in float32 (issue: bf16 kernels had 3
@@ -143,8 +144,9 @@ class FeatureCache:
         if start in self.kept:
             return self.kept[start]
         stop = min(start + self.batch_size, len(self.inputs))
-        feats = widen_features(self.fmap(self.inputs.slice(start, stop)))
-        sq = self.fmap.sq_norms(feats)
+        with exact_float32():
+            feats = widen_features(self.fmap(self.inputs.slice(start, stop)))
+            sq = self.fmap.sq_norms(feats)
         check_finite(sq, start, self.fmap.what, self.name)
         if self.sq_norms is None:
             self.sq_norms = torch.zeros(len(self.inputs), dtype=sq.dtype, device=sq.device)
@@ -248,7 +250,8 @@ def iter_kernel_blocks(
                 for rstart, rfeats in group.items():
                     if symmetric and cstart < rstart:
                         continue
-                    block = fmap.inner(rfeats, cfeats)
+                    with exact_float32():
+                        block = fmap.inner(rfeats, cfeats)
                     diagonal_block = symmetric and rstart == cstart
                     if normalize:
                         block, zr = _normalised(block, rows, cols, rstart, cstart, zero_rows,

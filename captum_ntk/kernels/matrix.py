@@ -33,7 +33,7 @@ from ..engine.gram.gradients import CapturedGradients
 from ..engine.inputs import ModelInputs
 from ..engine.kronecker import KroneckerFeatures
 from ..engine.model import ModelFunction, check_mode
-from ..engine.precision import PRECISIONS, check_precision
+from ..engine.precision import PRECISIONS, check_precision, exact_float32
 from ..engine.projection import default_projection_dim
 from ..engine.projection_kinds import check_projection, make_projection
 from .assembly import FeatureCache, assemble_kernel
@@ -382,7 +382,7 @@ def kernel_matrix(
     x2 = None if inputs2 is None else ModelInputs.from_user(inputs2, "inputs2")
     if x2 is not None:
         x1.check_compatible(x2)
-    with check_mode(model, eval_mode):
+    with check_mode(model, eval_mode), exact_float32():
         fmap = build_feature_map(
             model,
             kernel,

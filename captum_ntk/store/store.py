@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..engine.features import FeatureMap, ParamBlocks
 from ..engine.fingerprint import model_fingerprint
 from ..engine.model import check_finite
+from ..engine.precision import exact_float32
 from ..engine.streaming import StreamingSource, block_digest, data_fingerprint
 from .atomic import read_json, write_json_atomic
 from .distributed import barrier, shard, world
@@ -273,8 +274,9 @@ def featurize(
             if done is not None and done != digest:
                 raise _changed_data(store.directory, index, start)
             if done is None:
-                raw = fmap(inputs)
-                sq = fmap.sq_norms(raw)
+                with exact_float32():
+                    raw = fmap(inputs)
+                    sq = fmap.sq_norms(raw)
                 check_finite(sq, start, fmap.what, source.name)
                 store.write_block(index, start, flat_features(raw, fmap), sq, digest)
             bar.update(1)
