@@ -377,3 +377,29 @@ def test_attribution_store_is_shared_by_tensors_and_a_dataset(tmp_path, monkeypa
     other = {"tensors": (changed, y), "dataset": torch.utils.data.TensorDataset(changed, y)}
     with pytest.raises(StoreMismatchError, match="block 1 .*data_fingerprint"):
         cn.ProjPNTKAttribution(model, other[second_form], **kw)
+
+
+def test_store_layout_does_not_follow_the_memory_derived_block_size(tmp_path):
+    """Issue 17 (6): the compute block size follows the memory budget (on CUDA, half the free
+    memory), and a store whose identity held it could not be resumed on a busier device."""
+    from models import make_wide_mlp, mlp_inputs
+    from torch.utils.data import TensorDataset
+
+    model = make_wide_mlp()
+    x, y = mlp_inputs(40, d_in=20), torch.arange(40) % 8
+    data = TensorDataset(x, y)
+    options = {"batch_size": 16, "projection_dim": 256, "projection": "sjlt"}
+    tight = cn.ProjTrNTKAttribution(
+        model, data, memory_limit=1_000_000, store=tmp_path / "s", **options
+    )
+    roomy = cn.ProjTrNTKAttribution(model, data, store=tmp_path / "s", **options)
+    assert tight.block_size < roomy.block_size  # other compute blocks, the same store
+    plain = cn.ProjTrNTKAttribution(model, data, **options)
+    test = mlp_inputs(5, seed=9, d_in=20)
+    torch.testing.assert_close(tight.influence(test), plain.influence(test), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(roomy.influence(test), plain.influence(test), rtol=1e-6, atol=1e-7)
+    # kernel_matrix(store=) without batch_size: the layout is fixed, the compute block is not
+    kw = {"kernel": "proj_trntk", "projection_dim": 256, "projection": "sjlt"}
+    a = cn.kernel_matrix(model, x, store=tmp_path / "k", memory_limit=1_000_000, **kw)
+    b = cn.kernel_matrix(model, x, store=tmp_path / "k", **kw)
+    torch.testing.assert_close(a, b)

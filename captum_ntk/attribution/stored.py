@@ -17,7 +17,7 @@ import torch
 
 from ..engine.features import FeatureMap, Features, ParamBlocks
 from ..engine.inputs import ModelInputs
-from ..engine.streaming import StreamingSource
+from ..engine.streaming import StreamedInputs, StreamingSource
 from ..kernels.assembly import FeatureCache
 from ..store import FeatureStore, StoreMismatchError, featurize, flat_features
 
@@ -42,6 +42,8 @@ class StoredFeatureCache(FeatureCache):
     def __init__(
         self, fmap: FeatureMap, store: FeatureStore, inputs: ModelInputs, name: str = "training"
     ) -> None:
+        if isinstance(inputs, StreamedInputs) and inputs.block_size != store.block_size:
+            inputs = inputs.rebatched(store.block_size)  # the store's layout, not the compute's
         super().__init__(fmap, inputs, store.block_size, name)
         self.store = store
         self.keep = False  # blocks are read from disk when needed, never held
@@ -108,8 +110,10 @@ def open_training_store(attribution: Any, directory: str | os.PathLike) -> Store
         "precision": given.get("precision", "fp32"),
         "layers": attribution.layers,
     }
-    source = StreamingSource(inputs, attribution.block_size, "train_dataset")
-    store = featurize(fmap, source, directory, options)
+    # the layout follows the user's batch_size, never the memory-derived block size (which
+    # on CUDA depends on the free memory of the moment): a store resumes on a busier device
+    source = StreamingSource(inputs, attribution.batch_size, "train_dataset")
+    store = featurize(fmap, source, directory, options, compute_block=attribution.block_size)
     return StoredFeatureCache(fmap, store, inputs)
 
 

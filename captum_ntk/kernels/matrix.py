@@ -243,6 +243,11 @@ def auto_batch_size(fmap: FeatureMap, inputs: ModelInputs, memory_limit: int) ->
     return int(max(1, batch))
 
 
+#: Examples per store block when ``batch_size`` is not given: the layout of a store must not
+#: depend on the memory-derived compute block size (free GPU memory changes between runs).
+STORE_BLOCK = 1024
+
+
 def kernel_matrix(
     model: nn.Module,
     inputs1: Any,
@@ -420,7 +425,8 @@ def kernel_matrix(
                 x1,
                 x2,
                 store,
-                block_size=bs,
+                block_size=batch_size if batch_size is not None else STORE_BLOCK,
+                compute_block=bs,
                 options=options,
                 normalize=spec.normalized,
                 show_progress=show_progress,

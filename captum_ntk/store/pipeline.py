@@ -30,6 +30,7 @@ def stored_kernel_matrix(
     *,
     block_size: int,
     options: dict[str, Any],
+    compute_block: int | None = None,
     normalize: bool,
     show_progress: bool = False,
     output_device: torch.device | str = "cpu",
@@ -43,7 +44,8 @@ def stored_kernel_matrix(
         inputs1: data in any form :class:`~captum_ntk.engine.streaming.StreamingSource` reads.
         inputs2: the same, or None for the symmetric kernel.
         directory (str or Path): the store.
-        block_size (int): examples per block.
+        block_size (int): examples per store block (the layout).
+        compute_block (int, optional): examples per feature-map call (memory-bounded).
         options (dict): ``kernel``, ``projection``, ``seed``, ``layers`` (metadata).
         normalize (bool): cosine-normalise.
         show_progress (bool): tqdm bars.
@@ -62,7 +64,14 @@ def stored_kernel_matrix(
             continue
         source = StreamingSource(data, block_size, "inputs1" if name == "rows" else "inputs2")
         stores.append(
-            featurize(fmap, source, directory / name, options, show_progress=show_progress)
+            featurize(
+                fmap,
+                source,
+                directory / name,
+                options,
+                show_progress=show_progress,
+                compute_block=compute_block,
+            )
         )
     write_kernel(
         stores[0],

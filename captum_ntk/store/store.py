@@ -226,6 +226,21 @@ class FeatureStore:
         write_json_atomic(self.directory / "metadata.json", self.metadata)
 
 
+def _block_features(
+    fmap: FeatureMap, inputs: Any, compute_block: int | None
+) -> tuple[Tensor, Tensor]:
+    """Flat features and squared norms of one store block, computed ``compute_block``
+    examples at a time (the store's layout does not depend on the memory of the device)."""
+    step = inputs.num_examples if not compute_block else max(1, int(compute_block))
+    features, norms = [], []
+    with exact_float32():
+        for begin in range(0, inputs.num_examples, step):
+            raw = fmap(inputs.slice(begin, min(begin + step, inputs.num_examples)))
+            norms.append(fmap.sq_norms(raw))
+            features.append(flat_features(raw, fmap))
+    return torch.cat(features), torch.cat(norms)
+
+
 def featurize(
     fmap: FeatureMap,
     source: StreamingSource,
@@ -233,6 +248,7 @@ def featurize(
     options: dict[str, Any],
     *,
     show_progress: bool = False,
+    compute_block: int | None = None,
 ) -> FeatureStore:
     r"""Writes the features of every block of ``source`` into the store at ``directory``.
 
@@ -248,6 +264,9 @@ def featurize(
         directory (str or Path): the store (created if missing).
         options (dict): ``kernel``, ``projection``, ``seed``, ``layers`` (for the metadata).
         show_progress (bool): tqdm bar over this rank's blocks (with ETA).
+        compute_block (int, optional): examples per feature-map call within a store block
+                (the memory-bounded compute size); the store's layout is ``source``'s block
+                size whatever the device's free memory. Default: the whole store block.
 
     Returns:
         FeatureStore: the complete store, opened read-only.
@@ -274,11 +293,9 @@ def featurize(
             if done is not None and done != digest:
                 raise _changed_data(store.directory, index, start)
             if done is None:
-                with exact_float32():
-                    raw = fmap(inputs)
-                    sq = fmap.sq_norms(raw)
+                features, sq = _block_features(fmap, inputs, compute_block)
                 check_finite(sq, start, fmap.what, source.name)
-                store.write_block(index, start, flat_features(raw, fmap), sq, digest)
+                store.write_block(index, start, features, sq, digest)
             bar.update(1)
     barrier()
     if world()[0] == 0:
