@@ -133,7 +133,11 @@ def evaluate_task(name: str, args: argparse.Namespace) -> dict:
         ]
         add(
             f"trntk ensemble of {args.ensemble}",
-            torch.stack([e["scores"] for e in ensemble]).mean(0),
+            # each network's rows scaled to unit norm (the LDS is invariant to a positive scale
+            # per row; raw averages let a near-interpolating member's huge scores dominate)
+            torch.stack(
+                [e["scores"] / e["scores"].norm(dim=1, keepdim=True) for e in ensemble]
+            ).mean(0),
             tau_mean=sum(e["tau"] for e in ensemble) / len(ensemble),
         )
         for count in sorted({1, args.ensemble}):

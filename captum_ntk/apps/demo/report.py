@@ -38,7 +38,8 @@ def _header(config: DemoConfig, total: float) -> list[str]:
         "",
         f"kGLM target: `{target}`{paper}; alpha: `{config.alpha}`"
         + (
-            " (chosen per kernel by cross-validated faithfulness on the training set)"
+            " (chosen per kernel by held-out faithfulness plus counterfactual self-consistency"
+            " on the training set, docs/counterfactual.md)"
             if config.alpha == "auto"
             else ""
         )
