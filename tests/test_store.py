@@ -403,3 +403,27 @@ def test_store_layout_does_not_follow_the_memory_derived_block_size(tmp_path):
     a = cn.kernel_matrix(model, x, store=tmp_path / "k", memory_limit=1_000_000, **kw)
     b = cn.kernel_matrix(model, x, store=tmp_path / "k", **kw)
     torch.testing.assert_close(a, b)
+
+
+def test_score_takes_precision_projection_and_seed_from_the_train_store(tmp_path):
+    """Issue 17 (6): the test features of `score` use the train store's options."""
+    spec = str(HERE / "store_worker.py")
+    store = tmp_path / "train"
+    common = ["--model", f"{spec}:make_model", "--no-progress"]
+    options = ["--kernel", "proj_trntk", "--projection-dim", "32", "--projection", "gaussian"]
+    options += ["--seed", "5", "--precision", "bf16", "--batch-size", "8"]
+    featurize = ["featurize", *common, "--data", f"{spec}:make_data", "--store", str(store)]
+    assert main([*featurize, *options]) == 0
+    assert FeatureStore.load(store).metadata["precision"] == "bf16"
+    score = ["score", *common, "--data", f"{spec}:make_test_data", "--store", str(store)]
+    assert main([*score, "--output", str(tmp_path / "kernel")]) == 0
+    test_meta = FeatureStore.load(store / "test").metadata
+    for field in ("precision", "projection", "seed", "projection_dim", "kernel"):
+        assert test_meta[field] == FeatureStore.load(store).metadata[field], field
+    model = worker.make_model()
+    x_train = worker.make_data().tensors[0]
+    x_test = worker.make_test_data().tensors[0]
+    dense = cn.kernel_matrix(model, x_test, x_train, kernel="proj_trntk", projection_dim=32,
+                             projection="gaussian", seed=5, precision="bf16")  # fmt: skip
+    kernel = np.load(tmp_path / "kernel" / "kernel.npy")
+    np.testing.assert_allclose(kernel, dense.numpy(), rtol=1e-5, atol=1e-6)

@@ -75,6 +75,9 @@ def add_store_parsers(commands: Any) -> None:
     feat.add_argument("--projection-dim", type=int, default=None, metavar="K")
     feat.add_argument("--projection", default="rademacher")
     feat.add_argument("--seed", type=int, default=0)
+    feat.add_argument(
+        "--precision", default="fp32", choices=("fp32", "tf32", "bf16"), help="projection matmuls"
+    )
     feat.add_argument("--layers", default=None, help="comma-separated module names")
     feat.add_argument("--batch-size", type=int, default=256, help="examples per block")
     feat.add_argument("--dtype", default=None, choices=("float32", "float64", "float16"))
@@ -141,6 +144,7 @@ def _featurize(args, options: dict, store: Path, dtype=None):
             seed=options["seed"],
             device=device,
             dtype=dtype,
+            precision=options.get("precision") or "fp32",
         )
         source = StreamingSource(data, options["block_size"], "data")
         return fmap, featurize(fmap, source, store, options, show_progress=not args.no_progress)
@@ -157,6 +161,7 @@ def run_featurize(args: argparse.Namespace) -> int:
         "projection": args.projection,
         "seed": args.seed,
         "projection_dim": args.projection_dim,
+        "precision": args.precision,
         "block_size": args.batch_size,
         "layers": args.layers.split(",") if args.layers else None,
     }
@@ -177,7 +182,9 @@ def run_score(args: argparse.Namespace) -> int:
     _init_distributed()
     train = FeatureStore.load(args.store)
     meta = train.metadata
-    options = {k: meta[k] for k in ("kernel", "projection", "seed", "projection_dim", "layers")}
+    # every feature option comes from the train store: the test features must be the same map
+    fields = ("kernel", "projection", "seed", "projection_dim", "layers", "precision")
+    options = {k: meta.get(k) for k in fields}
     options["block_size"] = meta["block_size"]
     dtype = getattr(torch, meta["dtype"].replace("torch.", ""))
     fmap, test = _featurize(args, options, args.test_store or args.store / "test", dtype)
