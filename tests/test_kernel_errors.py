@@ -318,3 +318,14 @@ def test_half_precision_projection_accumulates_in_float32() -> None:
     got = proj(g.bfloat16()).double()
     ref = g.bfloat16().double() @ projection_matrix(200_000, 512, seed=1).T / 512**0.5
     assert float((got - ref).norm() / ref.norm()) < 5e-3
+
+
+def test_registry_carries_what_the_engines_need():
+    """Issue 17 (8): the Gram engine's kernels and the summed-gradient flag come from the
+    registry (one declaration per kernel), not from literal name lists."""
+    from captum_ntk.kernels.matrix import GRAM_KERNELS
+    from captum_ntk.kernels.registry import KERNELS
+
+    assert GRAM_KERNELS == ("entk", "trntk", "trntk0", "pntk", "pntk0")
+    assert {n for n, s in KERNELS.items() if s.summed} == {"pntk", "pntk0", "proj_pntk"}
+    assert not any(s.exact_gradients for s in KERNELS.values() if s.projected)

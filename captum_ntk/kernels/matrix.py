@@ -28,7 +28,7 @@ from ..engine.features import (
     ProjectedJacobianFeatures,
     ProjectedSummedGradientFeatures,
 )
-from ..engine.gram import GRAM_KERNELS, GramFeatures
+from ..engine.gram import GramFeatures
 from ..engine.gram.gradients import CapturedGradients
 from ..engine.inputs import ModelInputs
 from ..engine.kronecker import KroneckerFeatures
@@ -43,6 +43,8 @@ from .registry import KERNELS, kernel_spec
 ENGINES = ("auto", "jacobian", "gram")
 #: projected kernels, whose per-example gradients engine="gram" takes from the Gram capture
 CAPTURED_KERNELS = tuple(name for name, spec in KERNELS.items() if spec.projected)
+#: Kernels the per-layer Gram engine computes (read from the registry).
+GRAM_KERNELS = tuple(name for name, spec in KERNELS.items() if spec.exact_gradients)
 #: feature maps that project per-example gradients (served by the capture under engine="gram")
 PROJECTED_GRADIENTS = (ProjectedJacobianFeatures, ProjectedSummedGradientFeatures)
 
@@ -92,9 +94,7 @@ def build_feature_map(
     limit = memory_limit if memory_limit is not None else default_memory_limit(function.device)
     if use_gram:
         spec = kernel_spec(kernel)
-        fmap: FeatureMap = GramFeatures(
-            function, per_class=spec.per_class, summed=kernel in ("pntk0", "pntk")
-        )
+        fmap: FeatureMap = GramFeatures(function, per_class=spec.per_class, summed=spec.summed)
     else:
         fmap = _feature_map(
             function, kernel, layers, projection_dim, projection, seed, limit, precision
@@ -123,14 +123,14 @@ def _use_gram(kernel: str, engine: str) -> bool:
     """Whether ``engine`` means the per-layer Gram engine for ``kernel`` (errors for bad pairs)."""
     if engine not in ENGINES:
         raise ValueError(f"Unknown engine {engine!r}; choose one of {ENGINES}.")
-    kernel_spec(kernel)
-    if engine == "gram" and kernel not in GRAM_KERNELS + CAPTURED_KERNELS:
+    spec = kernel_spec(kernel)
+    if engine == "gram" and not (spec.exact_gradients or kernel in CAPTURED_KERNELS):
         raise ValueError(
             f"engine='gram' computes the exact gradient kernels {GRAM_KERNELS} and the "
             f"per-example gradients of {CAPTURED_KERNELS}, not {kernel!r}; use engine='auto' or "
             "engine='jacobian'."
         )
-    return engine != "jacobian" and kernel in GRAM_KERNELS
+    return engine != "jacobian" and spec.exact_gradients
 
 
 def _feature_map(
@@ -150,7 +150,7 @@ def _feature_map(
         if projection_dim is None:
             projection_dim = default_projection_dim(function.num_params)
         if projection == "kronecker":  # a per-layer feature map, its own estimator
-            summed = kernel == "proj_pntk"
+            summed = kernel_spec(kernel).summed
             return KroneckerFeatures(function, projection_dim, seed, summed, precision)
         proj = make_projection(
             projection,

@@ -50,6 +50,8 @@ class KernelSpec:
         build (Builder): makes the feature map.
         attribution (str or None): name of the Captum-style attribution class, if any.
         description (str): one line for help texts.
+        summed (bool): the gradients are those of the summed logits (pntk family), which the
+                    Gram engine and the Kronecker projection need to know. Default: False.
     """
 
     name: str
@@ -60,6 +62,12 @@ class KernelSpec:
     build: Builder
     attribution: str | None
     description: str
+    summed: bool = False
+
+    @property
+    def exact_gradients(self) -> bool:
+        """Exact parameter-gradient kernels: what the per-layer Gram engine computes."""
+        return self.differentiates and not self.projected
 
 
 def _as_list(layers: Sequence[str] | str) -> list[str]:
@@ -95,16 +103,17 @@ KERNELS: dict[str, KernelSpec] = {
                    "trace NTK sum_c <g^c_i, g^c_j> (unnormalised)"),
         KernelSpec("pntk", True, False, True, False,
                    lambda f, layers, proj: SummedGradientFeatures(f), "PNTKAttribution",
-                   "pseudo-NTK, cosine-normalised"),
+                   "pseudo-NTK, cosine-normalised", summed=True),
         KernelSpec("pntk0", False, False, True, False,
                    lambda f, layers, proj: SummedGradientFeatures(f), "PNTK0Attribution",
-                   "pseudo-NTK <grad sum_c F^c_i, grad sum_c F^c_j> / C (unnormalised)"),
+                   "pseudo-NTK <grad sum_c F^c_i, grad sum_c F^c_j> / C (unnormalised)",
+                   summed=True),
         KernelSpec("proj_trntk", True, False, True, True,
                    lambda f, layers, proj: ProjectedJacobianFeatures(f, proj),
                    "ProjTrNTKAttribution", "projected trace NTK (Eq. 8)"),
         KernelSpec("proj_pntk", True, False, True, True,
                    lambda f, layers, proj: ProjectedSummedGradientFeatures(f, proj),
-                   "ProjPNTKAttribution", "projected pseudo-NTK (Eq. 7)"),
+                   "ProjPNTKAttribution", "projected pseudo-NTK (Eq. 7)", summed=True),
         KernelSpec("ck", True, False, False, False, _ck, "ConjugateKernelAttribution",
                    "conjugate kernel: cosine Gram of the final embedding"),
         KernelSpec("embedding", True, False, False, False, _embedding,

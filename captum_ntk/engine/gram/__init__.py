@@ -2,11 +2,10 @@ r"""Structured exact kernels: per-layer Grams of layer inputs and output gradien
 
 See :mod:`captum_ntk.engine.gram.engine` (the feature map), :mod:`.layers` (per-layer rules),
 :mod:`.capture` (batched forward and backward passes) and :mod:`.contract` (the Gram products).
+Which kernels it computes is declared in the registry
+(:attr:`captum_ntk.kernels.registry.KernelSpec.exact_gradients`).
 """
 
 from .engine import GramBlocks, GramFeatures
 
-#: Kernels the Gram engine computes.
-GRAM_KERNELS = ("entk", "trntk0", "trntk", "pntk0", "pntk")
-
-__all__ = ["GRAM_KERNELS", "GramBlocks", "GramFeatures"]
+__all__ = ["GramBlocks", "GramFeatures"]
