@@ -375,3 +375,16 @@ def test_evaluate_cli_prints_tau_and_lds(tmp_path, capsys):
     assert -1 <= row["lds"] <= 1 and 0 < row["tau"] <= 1 and row["cancellation"] >= 1
     assert len(list((tmp_path / "digits-mlp").glob("*.json"))) == 4 + 1
     assert main(["evaluate", "--kernels", "nope", "--cache", str(tmp_path)]) == 2
+    # the removal test on one test digit, for the kernel row and the margin-NTK row
+    again = ["evaluate", "--subsets", "4", "--runs", "1", "--kernels", "trntk", "--cache"]
+    again += [str(tmp_path), "--json", str(tmp_path / "rows.json"), "--removal-examples", "1"]
+    assert main(again) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    for row in rows:
+        assert set(row["removal"]) == {
+            "k",
+            "drop_top",
+            "drop_random",
+            "flip_fraction_top",
+            "flip_fraction_random",
+        }

@@ -133,43 +133,34 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     print(f"{task.name}: {args.subsets} subsets x {args.runs} runs, ground truth in {args.cache}")
     print("| kernel | alpha | tau_K | LDS | cancellation | removal drop top-k / random |")
     print("|---|---:|---:|---:|---:|---:|")
+
+    def add_row(name: str, scores: Tensor, **extra: Any) -> None:
+        row = {"kernel": name, **extra}
+        row["lds"] = linear_datamodeling_score(scores, truth.masks, truth.outputs)
+        removal = "-"
+        if args.removal_examples:
+            test_rows = torch.arange(args.removal_examples)
+            result = removal_test(scores, harness, k=args.k, test_indices=test_rows)
+            row["removal"] = result.summary()
+            removal = f"{result.drop_top:.2f} / {result.drop_random:.2f}"
+        rows.append(row)
+        alpha = f"{row['alpha']:g}" if "alpha" in row else "-"
+        tau = f"{row['tau']:.3f}" if "tau" in row else "-"
+        ratio = f"{row['cancellation']:.1f}" if "cancellation" in row else "-"
+        print(f"| {name} | {alpha} | {tau} | {row['lds']:.3f} | {ratio} | {removal} |", flush=True)
+
     for kernel in names:
         out = kernel_attribution_scores(
             model, kernel, x, y, xt, yt, projection_dim=args.projection_dim
         )
-        row = {k: v for k, v in out.items() if k != "scores"}
-        row["kernel"] = kernel
-        row["lds"] = linear_datamodeling_score(out["scores"], truth.masks, truth.outputs)
-        removal = "-"
-        if args.removal_examples:
-            result = removal_test(
-                out["scores"], harness, k=args.k, test_indices=torch.arange(args.removal_examples)
-            )
-            row["removal"] = result.summary()
-            removal = f"{result.drop_top:.2f} / {result.drop_random:.2f}"
-        rows.append(row)
-        print(
-            f"| {kernel} | {row['alpha']:g} | {row['tau']:.3f} | {row['lds']:.3f} | "
-            f"{row['cancellation']:.1f} | {removal} |",
-            flush=True,
-        )
+        add_row(kernel, out.pop("scores"), **out)
     if args.margin_networks > 0:
         models = [model] + [
             task.train(torch.arange(task.num_train), seed)
             for seed in range(1, args.margin_networks)
         ]
         scores = MarginNTKAttribution(models, TensorDataset(x, y)).influence((xt, yt))
-        row = {"kernel": f"margin NTK x{args.margin_networks}"}
-        row["lds"] = linear_datamodeling_score(scores, truth.masks, truth.outputs)
-        removal = "-"
-        if args.removal_examples:
-            result = removal_test(
-                scores, harness, k=args.k, test_indices=torch.arange(args.removal_examples)
-            )
-            row["removal"] = result.summary()
-            removal = f"{result.drop_top:.2f} / {result.drop_random:.2f}"
-        rows.append(row)
-        print(f"| {row['kernel']} | - | - | {row['lds']:.3f} | - | {removal} |", flush=True)
+        add_row(f"margin NTK x{args.margin_networks}", scores)
     if args.json is not None:
         args.json.write_text(json.dumps({"task": task.name, "rows": rows}, indent=1))
     return 0
