@@ -120,3 +120,19 @@ def test_attribution_methods_run_in_fp32_under_tf32_settings():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+def test_half_precision_stores_hold_float32_features(tmp_path):
+    """The disk-store path widens like the in-memory assembly (before, a bf16 store held bf16
+    features and their products were accumulated in bf16)."""
+    model = deep_tanh_mlp().to(torch.bfloat16)
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    options = {"kernel": "proj_trntk", "projection_dim": 128}
+    in_memory = cn.kernel_matrix(model, x, **options)
+    stored = cn.kernel_matrix(model, x, store=tmp_path / "k", **options)
+    assert stored.dtype == torch.float32
+    torch.testing.assert_close(stored, in_memory, rtol=1e-5, atol=1e-6)
+    attr = cn.ProjTrNTKAttribution(
+        model, TensorDataset(x, torch.arange(16) % 10), projection_dim=128, store=tmp_path / "a"
+    )
+    torch.testing.assert_close(attr.influence(x[:4]), in_memory[:4], rtol=1e-5, atol=1e-6)

@@ -9,8 +9,6 @@ listed in :mod:`captum_ntk.engine.budget`). With ``cols=None`` only the upper tr
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import warnings
 from collections.abc import Iterator
 
@@ -19,51 +17,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..engine.budget import FEATURE_SHARE
-from ..engine.features import FeatureMap, Features, ParamBlocks
-from ..engine.gram.engine import GramBlocks
+from ..engine.features import FeatureMap, Features
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_finite
 from ..engine.precision import exact_float32
 from ..engine.streaming import StreamedInputs
-
-#: Feature dtypes whose inner products are accumulated in float32 (issue: bf16 kernels had 3
-#: distinct values of 256); the kernel then comes back in float32.
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def _wide(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in HALF_DTYPES else t
-
-
-def widen_features(features: Features) -> Features:
-    r"""Half-precision features (float16 / bfloat16) as float32, any other dtype unchanged.
-
-    The gradients of a half-precision model are computed in its dtype; their inner products,
-    squared norms and the cosine normalisation are accumulated in float32 (a bf16 kernel near 1
-    has only a few distinct values). Handles every feature type: Tensor, ParamBlocks, and the
-    Gram / Kronecker blocks (their layer inputs, output gradients and dense pieces).
-
-    Args:
-        features: the features of one block.
-
-    Returns:
-        the same features, float32 where they were half precision.
-    """
-    if isinstance(features, Tensor):
-        return _wide(features)
-    if isinstance(features, ParamBlocks):
-        if not any(p.dtype in HALF_DTYPES for p in features.parts):
-            return features
-        return ParamBlocks([_wide(p) for p in features.parts])
-    if isinstance(features, GramBlocks):
-        wide = copy.copy(features)
-        wide.grams = [
-            dataclasses.replace(g, a=g.a if g.tokens else _wide(g.a), delta=_wide(g.delta))
-            for g in features.grams
-        ]
-        wide.dense = [_wide(t) for t in features.dense]
-        return wide
-    return features
+from ..engine.widen import widen_features
 
 
 def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
@@ -250,8 +209,7 @@ def iter_kernel_blocks(
                 for rstart, rfeats in group.items():
                     if symmetric and cstart < rstart:
                         continue
-                    with exact_float32():
-                        block = fmap.inner(rfeats, cfeats)
+                    block = fmap.inner(rfeats, cfeats)
                     diagonal_block = symmetric and rstart == cstart
                     if normalize:
                         block, zr = _normalised(block, rows, cols, rstart, cstart, zero_rows,

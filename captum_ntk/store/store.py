@@ -27,6 +27,7 @@ from ..engine.fingerprint import model_fingerprint
 from ..engine.model import check_finite
 from ..engine.precision import exact_float32
 from ..engine.streaming import StreamingSource, block_digest, data_fingerprint
+from ..engine.widen import widen_features
 from .atomic import read_json, write_json_atomic
 from .distributed import barrier, shard, world
 from .format import FEATURE_FIELDS, FORMAT, check_metadata, marker_path
@@ -235,7 +236,7 @@ def _block_features(
     features, norms = [], []
     with exact_float32():
         for begin in range(0, inputs.num_examples, step):
-            raw = fmap(inputs.slice(begin, min(begin + step, inputs.num_examples)))
+            raw = widen_features(fmap(inputs.slice(begin, min(begin + step, inputs.num_examples))))
             norms.append(fmap.sq_norms(raw))
             features.append(flat_features(raw, fmap))
     return torch.cat(features), torch.cat(norms)
@@ -281,7 +282,8 @@ def featurize(
         shape, dtype = tuple(read_json(path).get("feature_shape", ())), fmap.function.dtype
     else:
         _, first_inputs, _ = next(source.blocks(0, 1))
-        probe = flat_features(fmap(first_inputs.slice(0, 1)), fmap)
+        with exact_float32():
+            probe = flat_features(widen_features(fmap(first_inputs.slice(0, 1))), fmap)
         shape, dtype = tuple(probe.shape[1:]), probe.dtype
     store = FeatureStore.create_or_open(directory, meta, shape, dtype)
     first, stop = shard(source.num_blocks)
