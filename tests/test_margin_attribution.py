@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from models import (
@@ -14,6 +16,7 @@ from models import (
     mlp_inputs,
     transformer_inputs,
 )
+from scipy import stats
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -171,3 +174,54 @@ def test_top_k_targets_and_errors():
         cn.MarginNTKAttribution(model, TensorDataset(x, y), memory_limit=1000)
     with pytest.raises(TypeError, match="nn.Module"):
         cn.MarginNTKAttribution([], TensorDataset(x, y))
+
+
+class _HeadFirst(nn.Module):
+    """Modules registered head first, 100 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(12, 100)
+        self.body = nn.Sequential(nn.Linear(6, 12), nn.GELU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+def test_many_classes_float32_one_example_batches_and_registration_order():
+    torch.manual_seed(0)
+    model = _HeadFirst().eval()
+    x, xt = mlp_inputs(20, seed=1).float(), mlp_inputs(3, seed=2).float()
+    y, yt = torch.arange(20) * 7 % 100, torch.tensor([5, 99, 0])
+    attr = cn.MarginNTKAttribution(model, TensorDataset(x, y), batch_size=1)
+    got = attr.influence((xt, yt))
+    expect = naive_scores([copy.deepcopy(model).double()], x.double(), y, xt.double(), yt)
+    torch.testing.assert_close(got, expect, rtol=1e-3, atol=1e-4 * float(expect.abs().max()))
+    one = attr.influence((xt[1:2], yt[1:2]))  # a one-example test batch
+    torch.testing.assert_close(one, got[1:2], rtol=1e-6, atol=1e-9)
+
+
+def test_parameters_updated_in_place_refit_with_a_warning():
+    model = make_mlp(seed=0)
+    x, xt = mlp_inputs(12, seed=1), mlp_inputs(3, seed=2)
+    y, yt = torch.arange(12) % 5, torch.tensor([0, 1, 2])
+    attr = cn.MarginNTKAttribution(model, TensorDataset(x, y))
+    before = attr.influence((xt, yt))
+    with torch.no_grad():
+        model.fc1.weight.mul_(1.5)  # an optimizer step, in place
+    with pytest.warns(cn.attribution.state.ModelChangedWarning):
+        after = attr.influence((xt, yt))
+    torch.testing.assert_close(after, naive_scores([model], x, y, xt, yt), rtol=1e-10, atol=1e-13)
+    assert not torch.allclose(after, before)
+
+
+def test_half_precision_model_contracts_in_float32():
+    model = make_wide_mlp(seed=0).float()
+    x, xt = mlp_inputs(24, seed=1, d_in=20).float(), mlp_inputs(4, seed=2, d_in=20).float()
+    y, yt = torch.arange(24) % 8, torch.arange(4)
+    reference = cn.MarginNTKAttribution(model, TensorDataset(x, y)).influence((xt, yt))
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    data = TensorDataset(x.to(torch.bfloat16), y)
+    scores = cn.MarginNTKAttribution(low, data).influence((xt.to(torch.bfloat16), yt))
+    rho = [stats.spearmanr(a, b).statistic for a, b in zip(scores.numpy(), reference.numpy())]
+    assert min(rho) > 0.9, rho

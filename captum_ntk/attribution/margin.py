@@ -24,6 +24,7 @@ and solved in float64 in the primal (``D <= N``) or the dual (``D > N``), which 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,11 +36,14 @@ from tqdm import tqdm
 
 from ..engine.batches import split_batch
 from ..engine.features import ParamBlocks
+from ..engine.fingerprint import model_fingerprint
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_mode
 from ..engine.precision import exact_float32
+from ..engine.widen import widen_features
 from ..kernels.matrix import build_feature_map
 from .arguments import check_k
+from .state import ModelChangedWarning, changed_message
 from .training_data import read_training_data
 
 __all__ = ["MarginNTKAttribution", "margin_weights"]
@@ -99,7 +103,7 @@ class _Member:
         function = self.feature_map.function
         with check_mode(self.model, eval_mode), exact_float32():
             logits = function.batch_logits(inputs)
-            features = self.feature_map(inputs)
+            features = widen_features(self.feature_map(inputs))  # half precision: float32
         q, residual = margin_weights(logits, labels)
         if isinstance(features, ParamBlocks):
             parts = [torch.einsum("bc,bcp->bp", q.to(p), p) for p in features.parts]
@@ -176,9 +180,8 @@ class MarginNTKAttribution(DataInfluence):
         self.device, self.dtype, self.memory_limit = device, dtype, memory_limit
         self.eval_mode = eval_mode
         self.members = [_Member(m, self) for m in models]
-        first = self.members[0].feature_map
         self.train_inputs, labels, _ = read_training_data(
-            train_dataset, batch_size, first.function.validate
+            train_dataset, batch_size, self.members[0].feature_map.function.validate
         )
         if labels is None:
             raise ValueError(
@@ -187,15 +190,32 @@ class MarginNTKAttribution(DataInfluence):
             )
         self.train_labels = labels.reshape(-1).long()
         self.num_train = int(self.train_labels.numel())
+        self._fit(show_progress)
+
+    def _fit(self, show_progress: bool = False) -> None:
+        """Whitened training features and ``1 - p`` of every network's current parameters."""
+        self._fingerprints = [model_fingerprint(m, checksum=True) for m in self.models]
         self._whitened: list[Tensor] = []
         residuals = []
         for member in tqdm(
-            self.members, desc="networks", disable=not show_progress or len(models) == 1
+            self.members, desc="networks", disable=not show_progress or len(self.members) == 1
         ):
             whitened, residual = self._fit_member(member, show_progress)
             self._whitened.append(whitened)
             residuals.append(residual)
         self.train_residual = torch.stack(residuals).mean(dim=0)
+
+    def _refresh_if_stale(self) -> None:
+        """Refits on the current parameters if any network changed since the fit (a warning)."""
+        current = [model_fingerprint(m, checksum=True) for m in self.models]
+        if current != self._fingerprints:
+            warnings.warn(
+                changed_message(type(self).__name__, ["whitened training features"]),
+                ModelChangedWarning,
+                stacklevel=3,
+            )
+            self.members = [_Member(m, self) for m in self.models]
+            self._fit()
 
     def _fit_member(self, member: _Member, show_progress: bool) -> tuple[Tensor, Tensor]:
         blocks, residuals = [], []
@@ -264,6 +284,7 @@ class MarginNTKAttribution(DataInfluence):
                 "with 'labels', or target= (one class, or one per example)."
             )
         labels = labels.reshape(-1).long()
+        self._refresh_if_stale()
         rows = []
         for start, block in tqdm(
             x.blocks(self.batch_size), desc="test blocks", disable=not show_progress, leave=False
