@@ -9,7 +9,7 @@ Jacobians come from ``vmap`` over ``jacrev`` (all logits) or ``grad`` (sum of lo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from .adapters import find_adapter
+from .autograd_loop import looped_jacobian, vmap_unsafe_modules, warn_fallback
 from .inputs import ModelInputs
 from .parameters import resolve_modules, select_parameters
 
@@ -175,6 +176,10 @@ class ModelFunction:
         }
         self._num_outputs: int | None = None
         self._activation_bytes: int | None = None
+        #: why per-example gradients leave vmap for the autograd loop (None: they do not)
+        unsafe = vmap_unsafe_modules(model) if self.params else []
+        self.loop_reason: str | None = ", ".join(unsafe[:3]) if unsafe else None
+        self._warned = False
 
     def _cast(self, t: Tensor) -> Tensor:
         t = t.detach()
@@ -274,20 +279,21 @@ class ModelFunction:
             for (concatenated along the last dimension they form the (B, C', P) Jacobian; they
             are not concatenated, to save a copy of B x C' x P numbers).
         """
-        single = self._single
-        if classes is not None:
-            start, stop = classes
+        start, stop = classes if classes is not None else (None, None)
 
-            def single(params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
-                return self._single(params, args, kwargs)[start:stop]
+        def single(params: dict[str, Tensor], args: tuple, kwargs: dict) -> Tensor:
+            return self._single(params, args, kwargs)[start:stop]
 
         inputs = self.prepare(inputs)
-        with self.context():
+        b = inputs.num_examples
+
+        def vmapped() -> list[Tensor]:
             jac = vmap(jacrev(single), in_dims=(None, 0, 0))(
                 self.params, inputs.args, inputs.kwargs
             )
-        b = inputs.num_examples
-        return [jac[n].reshape(b, jac[n].shape[1], -1) for n in self.names]
+            return [jac[n].reshape(b, jac[n].shape[1], -1) for n in self.names]
+
+        return self._per_example(vmapped, inputs, lambda out: out[start:stop])
 
     def summed_gradient(self, inputs: ModelInputs) -> list[Tensor]:
         r"""Per-example gradient of the sum of logits for a block, one piece per parameter.
@@ -300,10 +306,51 @@ class ModelFunction:
             return self._single(params, args, kwargs).sum()
 
         inputs = self.prepare(inputs)
-        with self.context():
-            grads = vmap(grad(total), in_dims=(None, 0, 0))(self.params, inputs.args, inputs.kwargs)
         b = inputs.num_examples
-        return [grads[n].reshape(b, -1) for n in self.names]
+
+        def vmapped() -> list[Tensor]:
+            grads = vmap(grad(total), in_dims=(None, 0, 0))(self.params, inputs.args, inputs.kwargs)
+            return [grads[n].reshape(b, 1, -1) for n in self.names]
+
+        pieces = self._per_example(vmapped, inputs, lambda out: out.sum().reshape(1))
+        return [p.reshape(b, -1) for p in pieces]
+
+    def _per_example(
+        self,
+        vmapped: Callable[[], list[Tensor]],
+        inputs: ModelInputs,
+        rows: Callable[[Tensor], Tensor],
+    ) -> list[Tensor]:
+        r"""Per-example derivative pieces (B, C', p_i): by vmap, else by the autograd loop.
+
+        The loop (:mod:`.autograd_loop`) is taken for models holding a module vmap cannot
+        differentiate, and when vmap raises a RuntimeError on an unlisted one (if the loop
+        fails too, vmap's error is raised with it). One warning per model function.
+        """
+        if self.loop_reason is None:
+            try:
+                with self.context():
+                    return vmapped()
+            except RuntimeError as exc:
+                self.loop_reason = f"vmap raised: {str(exc).splitlines()[0][:200]}"
+                vmap_error: RuntimeError | None = exc
+        else:
+            vmap_error = None
+        if not self._warned:
+            self._warned = True
+            warn_fallback(self.loop_reason)
+
+        def logits_of(params: dict[str, Tensor], i: int) -> Tensor:
+            part = inputs.slice(i, i + 1)
+            return _as_2d(self._call(params, part.args, part.kwargs), 1)[0]
+
+        try:
+            with self.context():
+                return looped_jacobian(logits_of, self.params, inputs.num_examples, rows)
+        except Exception as exc:
+            if vmap_error is not None:
+                raise vmap_error from exc
+            raise
 
     def activation_bytes(self, inputs: ModelInputs) -> int:
         r"""Bytes of the activations autograd saves in one example's forward pass.
