@@ -39,7 +39,8 @@ class _ProjectedMixin:
         cache = FeatureCache(self.feature_map, x, self.block_size)  # type: ignore[attr-defined]
         with check_mode(self.model, self.eval_mode):  # type: ignore[attr-defined]
             blocks = [cache.get(s) for s in cache.starts]
-        feats = torch.cat([b.reshape(b.shape[0], -1).cpu() for b in blocks])
+        flat = [self.feature_map.flatten(b) for b in blocks]  # type: ignore[attr-defined]
+        feats = torch.cat([f.reshape(f.shape[0], -1).cpu() for f in flat])
         if normalize:
             norms = feats.norm(dim=1, keepdim=True)
             feats = torch.where(norms > 0, feats / norms.clamp_min(1e-300), feats)

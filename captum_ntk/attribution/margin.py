@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..engine.batches import split_batch
-from ..engine.features import ParamBlocks
+from ..engine.feature_blocks import ParamBlocks
 from ..engine.fingerprint import model_fingerprint
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_mode

@@ -20,6 +20,7 @@ from ..engine.inputs import ModelInputs
 from ..engine.streaming import StreamedInputs, StreamingSource
 from ..kernels.assembly import FeatureCache
 from ..store import FeatureStore, StoreMismatchError, featurize, flat_features
+from ..store.store import projected_features
 
 __all__ = [
     "StoreMismatchError",
@@ -50,22 +51,11 @@ class StoredFeatureCache(FeatureCache):
         device = fmap.function.device
         self.sq_norms = torch.from_numpy(np.array(store.sq_norms)).to(device)
         self._known[:] = True
-        self._widths = _part_widths(fmap, inputs)
 
     def get(self, start: int) -> Features:
         """Features of the block starting at ``start``, read from the store."""
         _, feats, _ = self.store.block(start // self.batch_size, self.fmap.function.device)
-        if self._widths is None:
-            return feats
-        return ParamBlocks(list(torch.split(feats, self._widths, dim=1)))
-
-
-def _part_widths(fmap: FeatureMap, inputs: ModelInputs) -> list[int] | None:
-    """Widths of the layer parts of activation features (None for tensor features)."""
-    if fmap.uses_gradients:
-        return None
-    probe = fmap(inputs.slice(0, 1))
-    return [int(p.shape[1]) for p in probe.parts] if isinstance(probe, ParamBlocks) else None
+        return self.fmap.unflatten(feats)  # the flat form; ``inner`` meets fresh blocks there
 
 
 def check_storable(fmap: FeatureMap, inputs: ModelInputs, cls_name: str) -> None:
@@ -74,8 +64,7 @@ def check_storable(fmap: FeatureMap, inputs: ModelInputs, cls_name: str) -> None
     Raises:
         ValueError: exact gradient kernels and per-token activations, naming what to use.
     """
-    projected = getattr(fmap, "projection", None) is not None or hasattr(fmap, "projection_dim")
-    if fmap.uses_gradients and projected:
+    if fmap.uses_gradients and projected_features(fmap):
         return  # (B, K) or (B, C, K) tensors: no example needs computing to know
     try:  # exact gradients are refused without computing; activations: one forward pass
         flat_features(ParamBlocks([]) if fmap.uses_gradients else fmap(inputs.slice(0, 1)), fmap)

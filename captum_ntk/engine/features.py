@@ -30,34 +30,10 @@ import torch
 from torch import Tensor
 
 from .budget import chunks, pass_sizes
+from .feature_blocks import Features, ParamBlocks, same_layout
 from .inputs import ModelInputs
 from .model import ModelFunction
 from .projection import RandomProjection
-
-
-class ParamBlocks:
-    r"""Per-parameter pieces of the features of B examples, e.g. Jacobian pieces (B, C, p_i).
-
-    Keeping the pieces avoids concatenating B x C x P numbers; inner products are sums over
-    pieces.
-    """
-
-    def __init__(self, parts: list[Tensor]) -> None:
-        self.parts = parts
-
-    def __len__(self) -> int:
-        return int(self.parts[0].shape[0])
-
-    def numel(self) -> int:
-        """Total number of values."""
-        return sum(p.numel() for p in self.parts)
-
-    def element_size(self) -> int:
-        """Bytes per value."""
-        return self.parts[0].element_size()
-
-
-Features = Tensor | ParamBlocks
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -100,8 +76,42 @@ class FeatureMap:
         one (the Gram engine, the Kronecker projection); None when passes chunk themselves."""
         return None
 
+    def flatten(self, features: Features) -> Tensor:
+        r"""The flat form of a block: one (B, ...) tensor whose flattened rows' inner
+        products are this map's inner products (what a store holds).
+
+        Raises:
+            ValueError: for forms without one (per-token activations of padded text,
+                    exact Gram-engine features).
+        """
+        if isinstance(features, Tensor):
+            return features
+        if isinstance(features, ParamBlocks):
+            parts = features.parts
+            if self.uses_gradients:  # (B, C, p_i) / (B, p_i) pieces of one gradient
+                return torch.cat(parts, dim=-1)
+            if all(p.dim() == 2 for p in parts):
+                return torch.cat(parts, dim=1)
+            raise ValueError(
+                f"{self.what} features with a per-token axis have no fixed-size flat form "
+                "(their size changes with the padded length); use a projected kernel."
+            )
+        raise ValueError(f"{type(features).__name__} features have no flat form.")
+
+    def unflatten(self, flat: Tensor) -> Features:
+        """The form this map's ``inner`` contracts, of a flat block (see :meth:`flatten`)."""
+        return flat
+
+    def same_form(self, f1: Features, f2: Features) -> tuple[Features, Features]:
+        """Two blocks in a form ``inner`` can contract: as they are when their layouts
+        match, else both through the flat form (e.g. a stored block against a fresh one)."""
+        if same_layout(f1, f2):
+            return f1, f2
+        return self.unflatten(self.flatten(f1)), self.unflatten(self.flatten(f2))
+
     def inner(self, f1: Features, f2: Features) -> Tensor:
         """Pairwise inner products, shape (B1, B2)."""
+        f1, f2 = self.same_form(f1, f2)
         return _flat(f1) @ _flat(f2).T
 
     def sq_norms(self, f: Features) -> Tensor:
@@ -164,13 +174,18 @@ class JacobianFeatures(FeatureMap):
                     part[e0:e1, c0:c1] = piece
         return ParamBlocks(parts)
 
+    def unflatten(self, flat: Tensor) -> ParamBlocks:
+        return ParamBlocks([flat])
+
     def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
+        f1, f2 = self.same_form(f1, f2)
         pairs = zip(f1.parts, f2.parts)
         if self.per_class:
             return sum(torch.einsum("icp,jdp->ijcd", a, b) for a, b in pairs)
         return sum(_flat(a) @ _flat(b).T for a, b in pairs)
 
     def sq_norms(self, f: ParamBlocks) -> Tensor:
+        f = f if isinstance(f, ParamBlocks) else self.unflatten(f)
         return sum(torch.linalg.vecdot(_flat(a), _flat(a)) for a in f.parts)
 
 
@@ -335,8 +350,13 @@ class ActivationFeatures(FeatureMap):
         mask = self.function.padding_mask(inputs)
         return ParamBlocks([_layer_feature(v, mask) for v in values])
 
+    def unflatten(self, flat: Tensor) -> ParamBlocks:
+        return ParamBlocks([flat])
+
     def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
+        f1, f2 = self.same_form(f1, f2)
         return sum(_layer_inner(a, b) for a, b in zip(f1.parts, f2.parts))
 
     def sq_norms(self, f: ParamBlocks) -> Tensor:
+        f = f if isinstance(f, ParamBlocks) else self.unflatten(f)
         return sum(torch.linalg.vecdot(_flat(a), _flat(a)) for a in f.parts)

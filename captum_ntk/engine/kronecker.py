@@ -43,10 +43,10 @@ from .gram.capture import captured_bytes, forward_capture, output_gradients
 from .gram.contract import GramPiece
 from .gram.engine import (
     MIXED_BATCH,
-    PLAN_EXAMPLES,
     blocks_trace_inner,
     blocks_trace_sq_norms,
     mixes_examples,
+    plan_examples,
     restricted_function,
 )
 from .gram.layers import AffineRule
@@ -272,7 +272,7 @@ class KroneckerFeatures(FeatureMap):
         function = self.function
         gram = GramFeatures(function, summed=self.summed)
         gram.memory_limit = self.memory_limit
-        gram.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+        gram.plan(plan_examples(inputs))
         self.not_covered = dict(gram.not_covered)
         self._batch_checked = gram._batch_checked
         rules = []
@@ -306,7 +306,7 @@ class KroneckerFeatures(FeatureMap):
 
     def _positions(self, inputs: ModelInputs) -> list[int]:
         """T per covered layer, from one example's captured inputs."""
-        prepared = self.function.prepare(inputs.slice(0, 1))
+        prepared = self.function.prepare(self.function.probe_example(inputs))
         with torch.no_grad():
             record = forward_capture(self.function, prepared, [x.rule for x in self.layers])
         return [int(record.inputs[x.rule.name][0].shape[2]) for x in self.layers]
@@ -375,6 +375,7 @@ class KroneckerFeatures(FeatureMap):
         return out[:, 0] if self.summed else out
 
     def inner(self, f1: Tensor | KroneckerBlocks, f2: Tensor | KroneckerBlocks) -> Tensor:
+        f1, f2 = self.same_form(f1, f2)
         if isinstance(f1, GramBlocks):
             return blocks_trace_inner(f1, f2)
         return super().inner(f1, f2)

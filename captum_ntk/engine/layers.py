@@ -13,7 +13,8 @@ import contextlib
 
 from torch import Tensor, nn
 
-from .features import ActivationFeatures, ParamBlocks
+from .feature_blocks import ParamBlocks
+from .features import ActivationFeatures
 from .inputs import ModelInputs
 from .model import ModelFunction, extract_logits
 

@@ -366,14 +366,30 @@ class ModelFunction:
         return self._activation_bytes
 
     @staticmethod
-    def probe_example(inputs: ModelInputs) -> ModelInputs:
-        """The example memory estimates probe: the one with the most real tokens when the
-        block has a 2-D ``attention_mask``, else the first."""
-        index = 0
+    def probe_index(inputs: ModelInputs) -> int:
+        """Index of the example memory estimates probe: the one with the most real tokens when
+        the block has a 2-D ``attention_mask``, else the first."""
         mask = inputs.kwargs.get("attention_mask")
         if mask is not None and mask.dim() == 2:
-            index = int(mask.sum(dim=1).argmax())
+            return int(mask.sum(dim=1).argmax())
+        return 0
+
+    @staticmethod
+    def probe_example(inputs: ModelInputs) -> ModelInputs:
+        """The example of :meth:`probe_index`, as a one-example block."""
+        index = ModelFunction.probe_index(inputs)
         return inputs.slice(index, index + 1)
+
+    @staticmethod
+    def plan_examples(inputs: ModelInputs, count: int) -> ModelInputs:
+        """The examples plans and size estimates are made on: the first ``count`` and the
+        longest (:meth:`probe_index`) when it is not among them."""
+        head = min(len(inputs), count)
+        index = ModelFunction.probe_index(inputs)
+        if index < head:
+            return inputs.slice(0, head)
+        chosen = torch.tensor(list(range(head)) + [index])
+        return inputs.map(lambda t: t[chosen.to(t.device)])
 
     def _saved_bytes(self, inputs: ModelInputs) -> int:
         parameters = {n for n, _ in self.model.named_parameters()}

@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .features import Features, ParamBlocks
+from .feature_blocks import Features, ParamBlocks
 from .gram.engine import GramBlocks
 
 __all__ = ["HALF_DTYPES", "widen_features"]

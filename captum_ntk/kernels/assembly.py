@@ -17,7 +17,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..engine.budget import FEATURE_SHARE
-from ..engine.features import FeatureMap, Features
+from ..engine.feature_blocks import Features, nbytes
+from ..engine.features import FeatureMap
 from ..engine.inputs import ModelInputs
 from ..engine.model import check_finite
 from ..engine.precision import exact_float32
@@ -58,7 +59,10 @@ class FeatureCache:
 
     Squared norms of every block computed so far are recorded in ``sq_norms`` (N,).
     Set ``keep`` to hold computed blocks for reuse (e.g. the training set's projected
-    features across calls of an attribution object).
+    features across calls of an attribution object); with ``keep_limit`` set, blocks are held
+    while their bytes stay within it, and the first block that would exceed it drops them all
+    and turns ``keep`` off (blocks are then recomputed when needed). The decision follows the
+    bytes actually computed, so a long example late in the data cannot exceed the limit.
 
     Args:
         fmap (FeatureMap): the feature map.
@@ -85,8 +89,10 @@ class FeatureCache:
         self.name = name
         self.inputs = inputs
         self.batch_size = batch_size
-        self.kept: dict[int, Tensor] = {}
+        self.kept: dict[int, Features] = {}
         self.keep: bool | None = None
+        self.keep_limit: int | None = None
+        self.kept_bytes = 0
         self.sq_norms: Tensor | None = None
         self._known = torch.zeros(len(inputs), dtype=torch.bool)
 
@@ -112,8 +118,18 @@ class FeatureCache:
         self.sq_norms[start:stop] = sq
         self._known[start:stop] = True
         if self.keep:
-            self.kept[start] = feats
+            self._hold(start, feats)
         return feats
+
+    def _hold(self, start: int, feats: Features) -> None:
+        size = nbytes(feats)
+        if self.keep_limit is not None and self.kept_bytes + size > self.keep_limit:
+            self.keep = False  # all blocks do not fit: recompute them instead
+            self.kept.clear()
+            self.kept_bytes = 0
+            return
+        self.kept[start] = feats
+        self.kept_bytes += size
 
     def all_sq_norms(self) -> Tensor:
         """Squared norms of every example, computing the blocks not seen yet."""
@@ -157,10 +173,10 @@ def iter_kernel_blocks(
 ) -> Iterator[tuple[int, int, Tensor]]:
     r"""Yields the kernel block by block, bounded in memory.
 
-    A group of row blocks (as many as fit in a quarter of ``memory_limit``) is held while
-    the column blocks stream past it. Column blocks are kept across row groups when all
-    of them fit in another quarter (decided from the first block unless ``cols.keep`` is
-    already set). With ``cols=None`` the kernel of the rows with themselves is produced
+    A group of row blocks (as many as fit in a quarter of ``memory_limit``, judged by the
+    largest block so far) is held while the column blocks stream past it. Column blocks are
+    kept across row groups while they fit in another quarter (``FeatureCache.keep_limit``;
+    unless ``cols.keep`` is already set). With ``cols=None`` the kernel of the rows with themselves is produced
     and only blocks on or above the block diagonal are yielded.
 
     Args:
@@ -181,25 +197,24 @@ def iter_kernel_blocks(
     n_rows = len(row_starts)
     total = n_rows * (n_rows + 1) // 2 if symmetric else n_rows * len(col_starts)
     budget = memory_limit // FEATURE_SHARE
+    if cols.keep is None:
+        cols.keep, cols.keep_limit = True, budget
     zero_rows: set[int] = set()
     zero_cols: set[int] = set()
     with tqdm(total=total, desc=desc, disable=not show_progress, leave=False) as bar:
         i = 0
         while i < n_rows:
-            group: dict[int, Tensor] = {}
-            held = 0
+            group: dict[int, Features] = {}
+            held = largest = 0
             while i < n_rows:
                 start = row_starts[i]
                 feats = rows.get(start)
                 group[start] = feats
                 i += 1
-                block_bytes = feats.numel() * feats.element_size()
+                block_bytes = nbytes(feats)
                 held += block_bytes
-                if cols.keep is None:
-                    cols.keep = block_bytes / len(feats) * len(cols) <= budget
-                    if symmetric and cols.keep:
-                        cols.kept[start] = feats
-                if held + block_bytes > budget:
+                largest = max(largest, block_bytes)
+                if held + largest > budget:
                     break
             first_row = min(group)
             for cstart in col_starts:

@@ -47,7 +47,6 @@ FEATURE_FIELDS = (
     "num_params",
     "model_fingerprint",
     "num_examples",
-    "block_size",
 )
 
 

@@ -14,6 +14,7 @@ features (use a kernel store of their kernel blocks, or a projected kernel).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..engine.features import FeatureMap, ParamBlocks
+from ..engine.feature_blocks import Features
+from ..engine.features import FeatureMap
 from ..engine.fingerprint import model_fingerprint
 from ..engine.model import check_finite
 from ..engine.precision import exact_float32
@@ -37,29 +39,24 @@ __all__ = ["FeatureStore", "featurize", "flat_features", "store_metadata"]
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
-def flat_features(features: Tensor | ParamBlocks, fmap: FeatureMap) -> Tensor:
-    r"""A block's features as one (B, ...) tensor whose flattened inner products are the kernel.
+def projected_features(fmap: FeatureMap) -> bool:
+    """Whether ``fmap`` makes projected gradient features (fixed size K per example / logit)."""
+    return getattr(fmap, "projection", None) is not None or hasattr(fmap, "projection_dim")
+
+
+def flat_features(features: Features, fmap: FeatureMap) -> Tensor:
+    r"""A block's features in the flat form a store holds (``fmap.flatten``).
 
     Raises:
         ValueError: for exact gradient features (P numbers per example and class) and
                 per-token activations (their size changes with the padded length).
     """
-    if isinstance(features, Tensor):
-        return features
-    flatten = getattr(fmap, "flatten", None)  # Kronecker features kept in Gram form
-    if flatten is not None:
-        return flatten(features)
-    if fmap.uses_gradients:
+    if fmap.uses_gradients and not projected_features(fmap):
         raise ValueError(
             "Exact gradient kernels have P numbers per example (and class) as features, too "
             "many to store; use a projected kernel (proj_pntk, proj_trntk) with store=."
         )
-    if all(p.dim() == 2 for p in features.parts):
-        return torch.cat(features.parts, dim=1)
-    raise ValueError(
-        f"{fmap.what} features with a per-token axis cannot be stored (their size changes with "
-        "the padded length); use a projected kernel (proj_pntk, proj_trntk) with store=."
-    )
+    return fmap.flatten(features)
 
 
 def store_metadata(fmap: FeatureMap, options: dict[str, Any], num_examples: int, block_size: int):
@@ -276,10 +273,14 @@ def featurize(
         StoreMismatchError: the store was written for another model state, other options or
                 other data (the message names each field, or the first changed block).
     """
-    meta = store_metadata(fmap, options, len(source), source.block_size)
     path = Path(directory) / "metadata.json"
-    if path.exists():  # its fields fix the feature shape: nothing to probe
-        shape, dtype = tuple(read_json(path).get("feature_shape", ())), fmap.function.dtype
+    existing = read_json(path) if path.exists() else None
+    if existing is not None and existing.get("block_size") not in (None, source.block_size):
+        source = copy.copy(source)  # an existing store keeps its layout, whatever batch_size
+        source.block_size = int(existing["block_size"])
+    meta = store_metadata(fmap, options, len(source), source.block_size)
+    if existing is not None:  # its fields fix the feature shape: nothing to probe
+        shape, dtype = tuple(existing.get("feature_shape", ())), fmap.function.dtype
     else:
         _, first_inputs, _ = next(source.blocks(0, 1))
         with exact_float32():

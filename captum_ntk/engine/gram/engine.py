@@ -37,8 +37,16 @@ from .capture import Capture, captured_bytes, forward_capture, output_gradients
 from .contract import GramPiece, per_class_inner, trace_inner, trace_sq_norms
 from .layers import LayerRule, make_rule
 
-#: Examples of the first block used to make the plan (and to estimate feature sizes).
-PLAN_EXAMPLES = 4
+#: First examples of a block the plan is made on (and feature sizes estimated), with the
+#: block's longest example (see :func:`plan_examples`).
+PLAN_EXAMPLES = 2
+
+
+def plan_examples(inputs: ModelInputs) -> ModelInputs:
+    """The first ``PLAN_EXAMPLES`` examples of a block and its longest one (see
+    :meth:`ModelFunction.plan_examples`): plans and feature sizes are taken on them."""
+    return ModelFunction.plan_examples(inputs, PLAN_EXAMPLES)
+
 
 #: Why every parameter goes to the Jacobian path when the forward pass mixes examples.
 MIXED_BATCH = (
@@ -101,6 +109,18 @@ class GramBlocks:
         """Bytes per value (of the floating-point tensors)."""
         floats = [t for t in self._tensors() if t.is_floating_point()]
         return floats[0].element_size() if floats else 4
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def slice(self, start: int, stop: int) -> GramBlocks:
+        """Examples ``start:stop``."""
+        out = copy.copy(self)
+        out.grams = [g.slice(start, stop) for g in self.grams]
+        out.dense = [d[start:stop] for d in self.dense]
+        out.size = len(range(start, min(stop, self.size)))
+        return out
 
 
 def blocks_trace_inner(f1: GramBlocks, f2: GramBlocks) -> Tensor:
@@ -313,7 +333,7 @@ class GramFeatures(FeatureMap):
     # ------------------------------------------------------------------ features
     def __call__(self, inputs: ModelInputs) -> GramBlocks:
         if self.rules is None:
-            self.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+            self.plan(plan_examples(inputs))
         self._check_mode()
         function = self.function
         prepared = function.prepare(inputs)
@@ -362,7 +382,7 @@ class GramFeatures(FeatureMap):
     def example_bytes(self, inputs: ModelInputs) -> int:
         """Bytes of features per example, measured on the first examples of ``inputs``."""
         if self._example_bytes is None:
-            probe = inputs.slice(0, min(len(inputs), PLAN_EXAMPLES))
+            probe = plan_examples(inputs)
             feats = self(probe)
             self._example_bytes = -(-feats.numel() * feats.element_size() // len(feats))
         return self._example_bytes
@@ -370,7 +390,7 @@ class GramFeatures(FeatureMap):
     def block_pass_bytes(self, inputs: ModelInputs) -> int:
         """Activations and captured layer inputs of one example (a block runs at once)."""
         if self.rules is None:
-            self.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+            self.plan(plan_examples(inputs))
         if self._captured_bytes is None:  # one probe forward pass, then cached
             self._captured_bytes = captured_bytes(self.function, self.rules, inputs)
         return self.function.activation_bytes(inputs) + self._captured_bytes
@@ -379,8 +399,15 @@ class GramFeatures(FeatureMap):
     def _scale(self, value: Tensor) -> Tensor:
         return value / self.num_outputs if self.summed else value
 
+    def flatten(self, features: GramBlocks) -> Tensor:
+        raise ValueError(
+            "Exact gradient kernels have P numbers per example (and logit) as features, too "
+            "many to store or to hand out; use a projected kernel (proj_pntk, proj_trntk)."
+        )
+
     def inner(self, f1: GramBlocks, f2: GramBlocks) -> Tensor:
         """Kernel block (B1, B2), or (B1, B2, C, C) for entk."""
+        f1, f2 = self.same_form(f1, f2)
         out: Tensor | int = 0
         if self.per_class:
             for p1, p2 in zip(f1.grams, f2.grams):

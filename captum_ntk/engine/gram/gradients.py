@@ -26,9 +26,9 @@ from ..model import ModelFunction
 from .capture import captured_bytes, forward_capture, output_gradients
 from .engine import (
     MIXED_BATCH,
-    PLAN_EXAMPLES,
     GramFeatures,
     mixes_examples,
+    plan_examples,
     restricted_function,
 )
 
@@ -58,7 +58,7 @@ class CapturedGradients:
         gram = GramFeatures(self.function, summed=True)
         gram.random_check = True
         gram.memory_limit = self.memory_limit
-        gram.plan(inputs.slice(0, min(len(inputs), PLAN_EXAMPLES)))
+        gram.plan(plan_examples(inputs))
         self.rules, self.fallback = list(gram.rules or []), gram.fallback
         self.not_covered = dict(gram.not_covered)
         self._batch_checked = gram._batch_checked
