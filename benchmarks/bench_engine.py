@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 import captum_ntk as cn
-from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.kernels import build_feature_map
 
 

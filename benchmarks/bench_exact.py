@@ -160,7 +160,7 @@ def resnet_case(n: int, repeat: int, device: torch.device, jacobian_max_n: int) 
     batch = n if n <= 256 else None  # None: the memory-budgeted automatic block size
     print(f"\n[3] ResNet-18 CIFAR-shaped (P = {p:,}, C = 10), exact trNTK0, N = {n}, float32")
     fmap = cn.kernels.build_feature_map(model, "trntk0", engine="gram")
-    fmap.plan(cn.engine.inputs.ModelInputs.from_user(x[:4]))
+    fmap.plan(cn.engine.data.inputs.ModelInputs.from_user(x[:4]))
     forms = fmap.layer_forms()
     n_gram = sum(v == "gram" for v in forms.values())
     print(f"  plan: {n_gram} layers in Gram form, {len(forms) - n_gram} materialised")

@@ -51,8 +51,8 @@ from torch.utils.data import TensorDataset
 import captum_ntk as cn
 from captum_ntk.apps.datasets import load_digits_tensors
 from captum_ntk.apps.models import DigitsCNN, train_classifier
-from captum_ntk.engine.inputs import ModelInputs
-from captum_ntk.engine.projection import RandomProjection
+from captum_ntk.engine.data.inputs import ModelInputs
+from captum_ntk.engine.projection.dense import RandomProjection
 from captum_ntk.kernels.matrix import build_feature_map
 from captum_ntk.metrics import faithfulness
 
@@ -351,7 +351,7 @@ GENERATION_RATES: dict[str, float] = {}
 
 def generation_rates() -> None:
     """Entries/s of the seeded dense K x P generator (what an uncached dense projection pays)."""
-    from captum_ntk.engine.projection import projection_block
+    from captum_ntk.engine.projection.dense import projection_block
 
     for kind in ("rademacher", "gaussian"):
         projection_block(1024, 0, 512, kind)

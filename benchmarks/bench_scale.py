@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from captum_ntk.engine.streaming import StreamingSource
+from captum_ntk.engine.data.streaming import StreamingSource
 from captum_ntk.kernels.matrix import build_feature_map
 from captum_ntk.store import featurize, streaming_topk, write_kernel
 from captum_ntk.surrogate.streamed import fit_streamed

@@ -32,6 +32,8 @@ from .attribution import (
     TrNTKAttribution,
 )
 from .engine import num_parameters, projection_matrix, select_parameters
+from .engine.gradient_computers import register_gradient_computer
+from .engine.projection import register_projection
 from .integrations import huggingface  # noqa: F401
 from .kernels import KERNELS, KernelSpec, kernel_matrix
 from .surrogate import KernelGLM
@@ -58,5 +60,7 @@ __all__ = [
     "metrics",
     "num_parameters",
     "projection_matrix",
+    "register_gradient_computer",
+    "register_projection",
     "select_parameters",
 ]

@@ -50,7 +50,7 @@ def feature_map(model: nn.Module):
 
 def featurize_run(directory: str, kill_after: int | None) -> None:
     """Featurizes the training set; with ``kill_after`` SIGKILLs itself on the next block."""
-    from captum_ntk.engine.streaming import StreamingSource
+    from captum_ntk.engine.data.streaming import StreamingSource
     from captum_ntk.store import featurize
 
     fmap = feature_map(make_model())
@@ -73,7 +73,7 @@ def distributed_run_single(directory: str, output: str) -> None:
     """Features, train kernel and top-k (sharded under a process group), saved by rank 0."""
     import numpy as np
 
-    from captum_ntk.engine.streaming import StreamingSource
+    from captum_ntk.engine.data.streaming import StreamingSource
     from captum_ntk.store import all_gather_rows, featurize, streaming_topk, world, write_kernel
 
     fmap = feature_map(make_model())

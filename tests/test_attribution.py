@@ -27,7 +27,7 @@ from torch.utils.data import (
 )
 
 import captum_ntk as cn
-from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.kernels.matrix import minimum_memory_limit
 
 PROJ_DIM = 16  # < P of every model below (MLP 73, single logit 57, two-input 109)

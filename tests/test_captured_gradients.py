@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.engine.gram.gradients import CapturedGradients
-from captum_ntk.engine.inputs import ModelInputs
 from captum_ntk.engine.model import ModelFunction
 
 

@@ -17,8 +17,8 @@ from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 import captum_ntk as cn  # noqa: E402
-from captum_ntk.engine.inputs import ModelInputs  # noqa: E402
-from captum_ntk.engine.layers import last_called_linear  # noqa: E402
+from captum_ntk.engine.activation_layers import last_called_linear  # noqa: E402
+from captum_ntk.engine.data.inputs import ModelInputs  # noqa: E402
 from captum_ntk.engine.model import ModelFunction  # noqa: E402
 
 TOL64 = 1e-10

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 import captum_ntk as cn
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.engine.feature_blocks import nbytes, num_examples, take
-from captum_ntk.engine.inputs import ModelInputs
 from captum_ntk.kernels import build_feature_map
 from captum_ntk.kernels.registry import KERNELS
 

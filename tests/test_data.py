@@ -1,4 +1,4 @@
-"""Batches, Datasets and DataLoaders in Captum's conventions (``captum_ntk.engine.batches``)."""
+"""Batches, Datasets and DataLoaders in Captum's conventions (``captum_ntk.engine.data.batches``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 
-from captum_ntk.engine.batches import as_loader, collect, pad_concat, split_batch
-from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.data.batches import as_loader, collect, pad_concat, split_batch
+from captum_ntk.engine.data.inputs import ModelInputs
 
 X = torch.randn(5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 Z = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -25,8 +25,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import captum_ntk as cn  # noqa: E402
+from captum_ntk.engine.data.inputs import ModelInputs  # noqa: E402
 from captum_ntk.engine.gram import GramFeatures  # noqa: E402
-from captum_ntk.engine.inputs import ModelInputs  # noqa: E402
 from captum_ntk.kernels import build_feature_map  # noqa: E402
 
 TOL = 1e-10

@@ -310,7 +310,7 @@ def test_symmetric_kernel_is_exactly_symmetric() -> None:
 
 
 def test_half_precision_projection_accumulates_in_float32() -> None:
-    from captum_ntk.engine.projection import RandomProjection, projection_matrix
+    from captum_ntk.engine.projection.dense import RandomProjection, projection_matrix
 
     torch.manual_seed(0)
     g = torch.randn(4, 200_000)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import captum_ntk as cn
-from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.kernels.matrix import build_feature_map, minimum_memory_limit
 
 PROJ_DIM = 32  # < P of every small model (MLP 89, CNN 148, transformer 715)

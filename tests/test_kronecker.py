@@ -9,10 +9,10 @@ import torch
 from models import cnn_inputs, make_cnn, make_mlp, mlp_inputs
 from reference import library_parameters, ref_gradients
 
-from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.engine.kronecker import KroneckerFeatures, factor_dims, split_dims
 from captum_ntk.engine.model import ModelFunction
-from captum_ntk.engine.projection import projection_matrix
+from captum_ntk.engine.projection.dense import projection_matrix
 
 #: (weight, bias) of the covered layers of the test CNN, in module order; bn1 is the rest
 CNN_LAYERS = [("conv1.weight", "conv1.bias"), ("fc.weight", "fc.bias")]

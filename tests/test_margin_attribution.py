@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import captum_ntk as cn
-from captum_ntk.attribution.margin import margin_weights
+from captum_ntk.surrogate.scores import margin_gradient_weights as margin_weights
 
 
 def naive_margin_gradients(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

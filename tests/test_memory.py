@@ -24,9 +24,9 @@ from torch.utils._pytree import tree_flatten
 import captum_ntk as cn
 from captum_ntk.apps.models import DigitsMLP
 from captum_ntk.engine.budget import MemoryBudgetError, pass_sizes
-from captum_ntk.engine.inputs import ModelInputs
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.engine.model import ModelFunction
-from captum_ntk.engine.projection import default_projection_dim
+from captum_ntk.engine.projection.dense import default_projection_dim
 from captum_ntk.kernels.matrix import auto_batch_size, build_feature_map, minimum_memory_limit
 
 MiB = 1 << 20

@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from captum_ntk.engine.packed_projection import (
+from captum_ntk.engine.projection.dense import RandomProjection, projection_block, projection_matrix
+from captum_ntk.engine.projection.packed import (
     PackedRademacherProjection,
     pack_signs,
     unpack_signs,
 )
-from captum_ntk.engine.projection import RandomProjection, projection_block, projection_matrix
 
 
 def test_pack_and_unpack_round_trip_for_any_width() -> None:

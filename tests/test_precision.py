@@ -7,7 +7,7 @@ import torch
 from models import make_wide_mlp, mlp_inputs
 
 import captum_ntk as cn
-from captum_ntk.engine.precision import accumulate_product
+from captum_ntk.engine.projection.precision import accumulate_product
 
 
 def test_bf16_products_accumulate_in_fp32() -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from captum_ntk.engine.projection import (
+from captum_ntk.engine.projection.dense import (
     RandomProjection,
     column_width,
     projection_block,
@@ -94,7 +94,7 @@ def test_projection_dim_must_be_smaller_than_p() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_cuda_projection_matches_the_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    from captum_ntk.engine import triton_projection as _triton_projection
+    from captum_ntk.engine.projection import triton_dense as _triton_projection
 
     if not _triton_projection.available():
         pytest.skip("Triton not available")
@@ -125,7 +125,7 @@ def test_fused_cuda_projection_matches_the_matrix(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_cuda_projection_of_strided_column_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from captum_ntk.engine import triton_projection as _triton_projection
+    from captum_ntk.engine.projection import triton_dense as _triton_projection
 
     if not _triton_projection.available():
         pytest.skip("Triton not available")
@@ -149,7 +149,7 @@ def test_fused_cuda_projection_of_strided_column_chunks(monkeypatch: pytest.Monk
 def test_fused_cuda_projection_beyond_2_31_gradient_entries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from captum_ntk.engine import triton_projection as _triton_projection
+    from captum_ntk.engine.projection import triton_dense as _triton_projection
 
     if not _triton_projection.available():
         pytest.skip("Triton not available")

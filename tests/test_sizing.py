@@ -13,10 +13,10 @@ from torch import Tensor, nn
 
 import captum_ntk as cn
 from captum_ntk.engine.budget import FEATURE_SHARE
+from captum_ntk.engine.data.inputs import ModelInputs
 from captum_ntk.engine.feature_blocks import ParamBlocks
 from captum_ntk.engine.features import FeatureMap, _layer_inner
 from captum_ntk.engine.gram import GramFeatures
-from captum_ntk.engine.inputs import ModelInputs
 from captum_ntk.engine.model import ModelFunction
 from captum_ntk.kernels import build_feature_map
 from captum_ntk.kernels.assembly import FeatureCache, assemble_kernel

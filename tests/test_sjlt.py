@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from captum_ntk.engine.sjlt import SparseProjection, sjlt_indices, sjlt_matrix
+from captum_ntk.engine.projection.sjlt import SparseProjection, sjlt_indices, sjlt_matrix
 
 
 @pytest.mark.parametrize(("k", "s"), [(64, 4), (50, 3), (16, 1), (40, 8)])

@@ -16,7 +16,7 @@ from torch import nn
 
 import captum_ntk as cn
 from captum_ntk.apps.cli import main
-from captum_ntk.engine.streaming import StreamingSource
+from captum_ntk.engine.data.streaming import StreamingSource
 from captum_ntk.kernels.matrix import build_feature_map
 from captum_ntk.store import (
     FeatureStore,

@@ -22,9 +22,9 @@ import captum_ntk as cn
 from captum_ntk.attribution import training_data
 from captum_ntk.attribution.state import ModelChangedWarning
 from captum_ntk.attribution.training_data import PROBE_EXAMPLES
-from captum_ntk.engine import batches
-from captum_ntk.engine.inputs import ModelInputs
-from captum_ntk.engine.streaming import StreamedInputs, StreamingSource, is_streamable
+from captum_ntk.engine.data import batches
+from captum_ntk.engine.data.inputs import ModelInputs
+from captum_ntk.engine.data.streaming import StreamedInputs, StreamingSource, is_streamable
 
 transformers = pytest.importorskip("transformers")
 

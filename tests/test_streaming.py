@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from captum_ntk.engine.inputs import ModelInputs
-from captum_ntk.engine.streaming import StreamingSource, block_digest, data_fingerprint
+from captum_ntk.engine.data.inputs import ModelInputs
+from captum_ntk.engine.data.streaming import StreamingSource, block_digest, data_fingerprint
 
 
 class CountingDataset(Dataset):

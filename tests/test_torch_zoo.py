@@ -3,7 +3,9 @@
 Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``, packed sequences, ``nn.LSTMCell``),
 ``nn.PReLU``, attention with sequence-first layout and separate key/value projections,
 normalisation layers (instance, RMS, bias-free layer norm, BatchNorm1d in eval mode), tied and
-free parameters, transposed and 3-D convolutions, ``nn.Bilinear`` and ``nn.EmbeddingBag``: every
+free parameters, transposed, 3-D and circular-padded convolutions, ``nn.Bilinear``,
+``nn.EmbeddingBag``, weight normalisation (parametrizations), a causal decoder layer and a
+sequence-first LSTM: every
 kernel with both engines equals ``tests/reference.py`` (one ``autograd.grad`` per example and
 logit) in float64 to 1e-10 relative. Modules ``torch.func.vmap`` cannot differentiate are computed
 by the autograd loop with one :class:`VmapFallbackWarning` naming them.
@@ -201,6 +203,61 @@ def _odd_inputs(n: int, seed: int) -> dict[str, Tensor]:
     return {"image": image, "tokens": _tokens(n, seed + 1, length=4)}
 
 
+class WeightNormed(nn.Module):
+    """A weight-normalised Linear (parametrizations: original0 / original1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.utils.parametrizations.weight_norm(nn.Linear(5, 6))
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+class CausalDecoder(nn.Module):
+    """TransformerDecoderLayer with a causal mask, pooled at the last position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 8)
+        self.decoder = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.embed(tokens)
+        mask = nn.Transformer.generate_square_subsequent_mask(h.shape[1], dtype=h.dtype)
+        return self.head(self.decoder(h, h, tgt_mask=mask, tgt_is_causal=True)[:, -1])
+
+
+class SeqFirstLSTM(nn.Module):
+    """A sequence-first LSTM (batch on dimension 1) pooled by its last hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 4)
+        self.rnn = nn.LSTM(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        _, (h, _) = self.rnn(self.embed(tokens).transpose(0, 1))
+        return self.head(h[-1])
+
+
+class CircularGLU(nn.Module):
+    """A circular-padded Conv1d (no Gram rule), GLU and a LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3, padding=1, padding_mode="circular")
+        self.norm = nn.LayerNorm(10)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.glu(self.conv(x[:, None]), dim=1).flatten(1)  # (B, 2 * 5)
+        return self.head(self.norm(h))
+
+
 CASES = {
     "lstm": (lambda: _randomise(Recurrent(nn.LSTM, num_layers=2, bidirectional=True), 1), _tokens),
     "gru_mean": (lambda: _randomise(Recurrent(nn.GRU, pool="mean"), 2), _tokens),
@@ -213,10 +270,14 @@ CASES = {
     "norms": (_norms, _vectors),
     "tied_lm": (lambda: _randomise(TiedLM(), 9), lambda n, s: _tokens(n, s, vocab=6)),
     "odd_layers": (lambda: _randomise(OddLayers(), 10), _odd_inputs),
+    "weight_norm": (lambda: _randomise(WeightNormed(), 15), _vectors),
+    "causal_decoder": (lambda: _randomise(CausalDecoder(), 16, 0.4), _tokens),
+    "seq_first_lstm": (lambda: _randomise(SeqFirstLSTM(), 17), _tokens),
+    "circular_glu": (lambda: _randomise(CircularGLU(), 18), _vectors),
 }
 
 #: Families torch.func.vmap cannot differentiate (computed by the autograd loop, with a warning).
-LOOPED = {"lstm", "gru_mean", "rnn_relu", "lstm_proj", "packed_gru", "prelu"}
+LOOPED = {"lstm", "gru_mean", "rnn_relu", "lstm_proj", "packed_gru", "prelu", "seq_first_lstm"}
 
 
 def assert_rel(actual: Tensor, expected: Tensor, tol: float = TOL) -> None:

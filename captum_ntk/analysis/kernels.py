@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ..engine.fingerprint import model_fingerprint
-from ..engine.model import batch_statistics_modules, stochastic_train_mode_modules
+from ..engine.model import refuse_batch_dependent
 from ..engine.parameters import select_parameters
 from ..kernels import kernel_matrix
 
@@ -147,13 +147,7 @@ class EmpiricalNTK:
         self._cache: tuple[Tensor, tuple, Tensor] | None = None
 
     def _check_model(self) -> None:
-        bad = batch_statistics_modules(self.model) + stochastic_train_mode_modules(self.model)
-        if bad:
-            raise RuntimeError(
-                "The model is random or batch-dependent in its current mode ("
-                + ", ".join(bad[:5])
-                + "): call model.eval() before building its empirical NTK."
-            )
+        refuse_batch_dependent(self.model, "The empirical NTK")
 
     def features(self, x: Tensor) -> Tensor:
         r"""Per-example Jacobians.

@@ -38,9 +38,9 @@ from captum.influence import DataInfluence
 from captum.influence._utils.common import KMostInfluentialResults
 from torch import Tensor, nn
 
-from ..engine.batches import collect
+from ..engine.data.batches import collect
+from ..engine.data.inputs import ModelInputs
 from ..engine.fingerprint import model_fingerprint
-from ..engine.inputs import ModelInputs
 from ..engine.model import check_mode
 from ..kernels.assembly import FeatureCache, assemble_kernel, iter_kernel_blocks
 from ..kernels.matrix import build_feature_map
@@ -115,7 +115,7 @@ class NTKAttribution(SurrogateMethods, DataInfluence):
                 activations), else a ValueError at construction. Default: None (in memory).
         **kernel_options: for projected kernels only: ``projection_dim`` (K; default None,
                 which means ``min(10240, 2 ** floor(log2(P / 4)))`` for the P selected
-                parameters, see :func:`captum_ntk.engine.projection.default_projection_dim`),
+                parameters, see :func:`captum_ntk.engine.projection.dense.default_projection_dim`),
                 ``projection`` (``"rademacher"`` (default), ``"gaussian"``, ``"sjlt"`` or
                 ``"kronecker"``), ``seed`` (default 0) and ``precision`` (``"fp32"``
                 (default), ``"tf32"`` or ``"bf16"``). For every kernel: the other options of

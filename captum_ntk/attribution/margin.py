@@ -34,42 +34,20 @@ from captum.influence._utils.common import KMostInfluentialResults
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..engine.batches import split_batch
+from ..engine.data.batches import split_batch
+from ..engine.data.inputs import ModelInputs
 from ..engine.feature_blocks import ParamBlocks
 from ..engine.fingerprint import model_fingerprint
-from ..engine.inputs import ModelInputs
 from ..engine.model import check_mode
-from ..engine.precision import exact_float32
+from ..engine.projection.precision import exact_float32
 from ..engine.widen import widen_features
 from ..kernels.matrix import build_feature_map
+from ..surrogate.scores import margin_gradient_weights
 from .arguments import check_k
 from .state import ModelChangedWarning, changed_message
 from .training_data import read_training_data
 
-__all__ = ["MarginNTKAttribution", "margin_weights"]
-
-
-def margin_weights(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Logit weights of the margin's gradient and TRAK's ``1 - p`` term.
-
-    Args:
-        logits (Tensor): ``(B, C)`` logits (``C = 1``: one logit, the log-odds of class 1).
-        labels (Tensor): ``(B,)`` classes.
-
-    Returns:
-        tuple: ``q`` ``(B, C)`` with :math:`\nabla m = \sum_c q_c \nabla F^c`, and ``(B,)``
-        :math:`1 - p_y` in float64.
-    """
-    logits = logits.to(torch.float64)
-    labels = labels.to(logits.device).long()
-    if logits.shape[1] == 1:
-        sign = (2 * labels - 1).to(logits.dtype)[:, None]
-        return sign, torch.sigmoid(-sign[:, 0] * logits[:, 0])
-    others = logits.scatter(1, labels[:, None], -torch.inf)
-    q = -torch.softmax(others, dim=1)
-    q.scatter_(1, labels[:, None], 1.0)
-    p = torch.softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
-    return q, 1 - p
+__all__ = ["MarginNTKAttribution"]
 
 
 class _Member:
@@ -104,7 +82,7 @@ class _Member:
         with check_mode(self.model, eval_mode), exact_float32():
             logits = function.batch_logits(inputs)
             features = widen_features(self.feature_map(inputs))  # half precision: float32
-        q, residual = margin_weights(logits, labels)
+        q, residual = margin_gradient_weights(logits, labels)
         if isinstance(features, ParamBlocks):
             parts = [torch.einsum("bc,bcp->bp", q.to(p), p) for p in features.parts]
             flat = torch.cat(parts, dim=1)

@@ -16,42 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..kernels.blocks import StreamingTopK
 
-class StreamingTopK:
-    r"""Per test example, the ``k`` largest (or smallest) scores over training columns.
-
-    Args:
-        k (int): candidates kept.
-        largest (bool): keep the largest (descending) or smallest (ascending) scores.
-    """
-
-    def __init__(self, k: int, largest: bool) -> None:
-        self.k = k
-        self.largest = largest
-        self._rows: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def update(self, row_start: int, col_start: int, scores: Tensor) -> None:
-        r"""Merges a block of scores (b, ..., m) for training columns col_start .. +m."""
-        scores = scores.cpu()
-        m = scores.shape[-1]
-        idx = torch.arange(col_start, col_start + m).expand(scores.shape)
-        if row_start in self._rows:
-            kept, kept_idx = self._rows[row_start]
-            scores = torch.cat([kept, scores], dim=-1)
-            idx = torch.cat([kept_idx, idx], dim=-1)
-        # ties go to the lower training index: order candidates by index, then sort stably
-        by_index = idx.argsort(dim=-1, stable=True)
-        scores, idx = scores.gather(-1, by_index), idx.gather(-1, by_index)
-        top, pos = torch.sort(scores, dim=-1, descending=self.largest, stable=True)
-        kk = min(self.k, scores.shape[-1])
-        self._rows[row_start] = (top[..., :kk], idx.gather(-1, pos[..., :kk]))
-
-    def result(self) -> tuple[Tensor, Tensor]:
-        """``(scores, indices)``, each (n, ..., k), rows in order."""
-        starts = sorted(self._rows)
-        scores = torch.cat([self._rows[s][0] for s in starts])
-        indices = torch.cat([self._rows[s][1] for s in starts])
-        return scores, indices
+__all__ = ["StreamingTopK"]
 
 
 def num_classes(coef: Tensor) -> int:

@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..engine.precision import exact_float32
+from ..engine.projection.precision import exact_float32
 
 F = TypeVar("F", bound=Callable[..., Any])
 

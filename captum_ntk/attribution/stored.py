@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.data.inputs import ModelInputs
+from ..engine.data.streaming import StreamedInputs, StreamingSource
 from ..engine.features import FeatureMap, Features, ParamBlocks
-from ..engine.inputs import ModelInputs
-from ..engine.streaming import StreamedInputs, StreamingSource
 from ..kernels.assembly import FeatureCache
 from ..store import FeatureStore, StoreMismatchError, featurize, flat_features
 from ..store.store import projected_features

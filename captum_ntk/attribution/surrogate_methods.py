@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.inputs import ModelInputs
+from ..engine.data.inputs import ModelInputs
 from ..engine.model import check_mode
 from ..surrogate import KernelGLM
 

@@ -4,7 +4,7 @@ Training data given as a batch already in memory (a Tensor, a tuple of Tensors, 
 used as it is. A ``Dataset``, a ``DataLoader``, a list of examples or a re-iterable of batches
 is never collected whole: :func:`read_training_data` makes one pass over it (validating every
 block for the model, and keeping the N labels, a few probe examples and an 8-byte digest of
-every example) and returns a :class:`~captum_ntk.engine.streaming.StreamedInputs` from which
+every example) and returns a :class:`~captum_ntk.engine.data.streaming.StreamedInputs` from which
 the kernels read the inputs block by block (text padded per block) whenever they need them.
 Memory for the inputs is then bounded by one block whatever N is. Every later read is checked
 against the digests of the first pass, so a dataset that returns other data on a second read
@@ -20,22 +20,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.batches import collect, pad_concat
-from ..engine.gram.engine import PLAN_EXAMPLES
-from ..engine.inputs import ModelInputs
-from ..engine.streaming import (
+from ..engine.data.batches import collect, pad_concat
+from ..engine.data.inputs import ModelInputs
+from ..engine.data.streaming import (
     StreamedInputs,
     StreamingSource,
     example_digests,
     is_streamable,
     trim_padding,
 )
+from ..engine.gram.feature_map import PLAN_EXAMPLES
 from ..kernels.matrix import auto_batch_size
 
 __all__ = ["PROBE_EXAMPLES", "bind_training_data", "read_training_data"]
 
 #: Leading examples kept as the probe: the feature maps plan from (and estimate sizes on) the
-#: first examples of the data (:data:`captum_ntk.engine.gram.engine.PLAN_EXAMPLES`).
+#: first examples of the data (:data:`captum_ntk.engine.gram.feature_map.PLAN_EXAMPLES`).
 PROBE_EXAMPLES = PLAN_EXAMPLES
 
 

@@ -77,3 +77,25 @@ def pass_sizes(
 def chunks(total: int, size: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` cutting ``range(total)`` into pieces of ``size``."""
     return [(s, min(s + size, total)) for s in range(0, total, size)]
+
+
+#: Copies of one logit combination's output gradients a batched backward pass holds (the
+#: cotangents, the output gradients captured and their reshaped per-logit view).
+DELTA_COPIES = 3
+
+
+def combinations_per_pass(output_bytes: int, count: int, memory_limit: int) -> int:
+    r"""Logit combinations per batched backward pass of the Gram engine and the Kronecker
+    projection, so one pass's output gradients fit the work share (M / ``WORK_SHARE``).
+
+    Args:
+        output_bytes (int): bytes of the captured layer outputs of a block (one combination's
+                output gradients have the same size).
+        count (int): combinations wanted (C, or 1 for summed logits).
+        memory_limit (int): the budget M.
+
+    Returns:
+        int: between 1 and ``count``.
+    """
+    per_combination = DELTA_COPIES * output_bytes
+    return int(max(1, min(count, memory_limit // WORK_SHARE // max(1, per_combination))))

@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 
 from .budget import chunks, pass_sizes
-from .feature_blocks import Features, ParamBlocks, same_layout
-from .inputs import ModelInputs
+from .data.inputs import ModelInputs
+from .data.tokens import is_per_token
+from .feature_blocks import Features, ParamBlocks, nbytes, same_layout
 from .model import ModelFunction
-from .projection import RandomProjection
+from .projection.dense import RandomProjection
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -151,6 +152,9 @@ class JacobianFeatures(FeatureMap):
     def __init__(self, function: ModelFunction, per_class: bool = False) -> None:
         super().__init__(function)
         self.per_class = per_class
+        #: where per-example gradients come from: ``function`` (``torch.func``) or a
+        #: gradient computer (:mod:`captum_ntk.engine.gradient_computers`)
+        self.gradients = function
 
     def example_bytes(self, inputs: ModelInputs) -> int:
         rows = self.function.num_outputs(inputs) if self.per_logit else 1
@@ -161,7 +165,7 @@ class JacobianFeatures(FeatureMap):
         c = function.num_outputs(inputs)
         example_ranges, class_ranges = self.passes(inputs, c)
         if len(example_ranges) == 1 and len(class_ranges) == 1:
-            return ParamBlocks(function.jacobian(inputs))
+            return ParamBlocks(self.gradients.jacobian(inputs))
         b = inputs.num_examples
         parts = [
             torch.empty(b, c, size, dtype=function.dtype, device=function.device)
@@ -170,7 +174,7 @@ class JacobianFeatures(FeatureMap):
         for e0, e1 in example_ranges:
             block = inputs.slice(e0, e1)
             for c0, c1 in class_ranges:
-                for part, piece in zip(parts, function.jacobian(block, (c0, c1))):
+                for part, piece in zip(parts, self.gradients.jacobian(block, (c0, c1))):
                     part[e0:e1, c0:c1] = piece
         return ParamBlocks(parts)
 
@@ -200,14 +204,14 @@ class SummedGradientFeatures(JacobianFeatures):
         self.num_outputs = function.num_outputs(inputs)
         example_ranges, _ = self.passes(inputs, 1)
         if len(example_ranges) == 1:
-            return ParamBlocks(function.summed_gradient(inputs))
+            return ParamBlocks(self.gradients.summed_gradient(inputs))
         b = inputs.num_examples
         parts = [
             torch.empty(b, size, dtype=function.dtype, device=function.device)
             for size in function.sizes
         ]
         for e0, e1 in example_ranges:
-            for part, piece in zip(parts, function.summed_gradient(inputs.slice(e0, e1))):
+            for part, piece in zip(parts, self.gradients.summed_gradient(inputs.slice(e0, e1))):
                 part[e0:e1] = piece
         return ParamBlocks(parts)
 
@@ -286,8 +290,8 @@ class ProjectedSummedGradientFeatures(FeatureMap):
 
 
 def _token_level(value: Tensor, mask: Tensor | None) -> bool:
-    """Whether an activation is per token: (B, T, ...) with T the block's token count."""
-    return mask is not None and value.dim() >= 3 and value.shape[1] == mask.shape[1]
+    """Whether an activation is per token: (B, T, ...) with (B, T) the block's mask."""
+    return is_per_token(value, mask, min_dim=3)
 
 
 def _layer_feature(value: Tensor, mask: Tensor | None) -> Tensor:
@@ -338,16 +342,15 @@ class ActivationFeatures(FeatureMap):
 
     def example_bytes(self, inputs: ModelInputs) -> int:
         # probed on the longest example of a padded text batch (its features are the largest)
-        index = 0
-        mask = inputs.kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
-            index = int(mask.sum(dim=1).argmax())
-        feats = self(inputs.slice(index, index + 1))
-        return feats.numel() * feats.element_size()
+        return nbytes(self(self.function.probe_example(inputs)))
 
     def __call__(self, inputs: ModelInputs) -> ParamBlocks:
         values = self.function.activations(inputs, self.layers, self.which, self.strict)
         mask = self.function.padding_mask(inputs)
+        b = inputs.num_examples
+        # an output shared by the block (BERT's position embeddings, (1, T, D)) is every
+        # example's activation
+        values = [v.expand(b, *v.shape[1:]) if v.shape[0] == 1 < b else v for v in values]
         return ParamBlocks([_layer_feature(v, mask) for v in values])
 
     def unflatten(self, flat: Tensor) -> ParamBlocks:

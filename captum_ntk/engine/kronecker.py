@@ -18,7 +18,7 @@ Report kernels computed with it as the Kronecker variant, not as proj-trNTK.
 
 Parameters of other modules (normalisation layers, grouped convolutions, embeddings, anything the
 per-layer capture cannot verify) take the dense seeded projection of
-:mod:`captum_ntk.engine.projection` over their per-example gradients (from ``torch.func``), or stay
+:mod:`captum_ntk.engine.projection.dense` over their per-example gradients (from ``torch.func``), or stay
 unprojected when their share of K is at least their number of parameters.
 
 Dimension rule (a function of K and the layer shapes only): the units are the covered layers
@@ -37,11 +37,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .budget import combinations_per_pass
+from .data.inputs import ModelInputs
 from .features import FeatureMap
 from .gram import GramBlocks, GramFeatures
 from .gram.capture import captured_bytes, forward_capture, output_gradients
 from .gram.contract import GramPiece
-from .gram.engine import (
+from .gram.feature_map import (
     MIXED_BATCH,
     blocks_trace_inner,
     blocks_trace_sq_norms,
@@ -49,11 +51,10 @@ from .gram.engine import (
     plan_examples,
     restricted_function,
 )
-from .gram.layers import AffineRule
-from .inputs import ModelInputs
-from .model import ModelFunction, batch_statistics_modules, stochastic_train_mode_modules
-from .precision import accumulate_product
-from .projection import RandomProjection, projection_block
+from .gram.rules import AffineRule
+from .model import ModelFunction, refuse_batch_dependent
+from .projection.dense import RandomProjection, projection_block
+from .projection.precision import accumulate_product
 
 _LAYER_SALT = 0x9E3779B97F4A7C15
 
@@ -337,13 +338,13 @@ class KroneckerFeatures(FeatureMap):
         return self.function.activation_bytes(inputs) + self._captured_bytes
 
     def _class_chunk(self, outputs: list[Tensor], count: int) -> int:
-        per_combination = 3 * sum(o.numel() * o.element_size() for o in outputs)
-        return int(max(1, min(count, self.memory_limit // 4 // max(1, per_combination))))
+        size = sum(o.numel() * o.element_size() for o in outputs)
+        return combinations_per_pass(size, count, self.memory_limit)
 
     def __call__(self, inputs: ModelInputs) -> Tensor:
         if self.layers is None:
             self.plan(inputs)
-        _check_mode(self.function.model)
+        refuse_batch_dependent(self.function.model, "The Kronecker projection")
         num = self.function.num_outputs(inputs)
         combos = torch.ones(1, num) if self.summed else torch.eye(num)
         gram = self._gram_layers(combos.shape[0])
@@ -437,13 +438,3 @@ class KroneckerFeatures(FeatureMap):
         else:
             flat = torch.cat(parts, dim=1)
         return flat.reshape(b, rows, -1)
-
-
-def _check_mode(model: nn.Module) -> None:
-    found = stochastic_train_mode_modules(model) + batch_statistics_modules(model)
-    if found:
-        raise RuntimeError(
-            "The Kronecker projection runs the model on whole blocks, but these modules make the "
-            f"output random or batch-dependent: {', '.join(found[:5])}. Call model.eval() (or "
-            "pass eval_mode=True)."
-        )

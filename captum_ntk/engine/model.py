@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 from .adapters import find_adapter
 from .autograd_loop import looped_jacobian, vmap_unsafe_modules, warn_fallback
-from .inputs import ModelInputs
+from .data.inputs import ModelInputs
 from .parameters import resolve_modules, select_parameters
 
 #: Keyword inputs a transformers model wrapped in a user module receives from the batch.
@@ -74,6 +74,19 @@ def eval_mode_of(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags.items():
             m.training = flag
+
+
+def refuse_batch_dependent(model: nn.Module, what: str) -> None:
+    r"""Raises for a model that is random or batch-dependent as it is now (train-mode dropout
+    or BatchNorm, BatchNorm without running statistics), for computations that run it on
+    whole blocks (``what``: e.g. "The Gram engine")."""
+    found = stochastic_train_mode_modules(model) + batch_statistics_modules(model)
+    if found:
+        raise RuntimeError(
+            f"{what} runs the model on whole blocks, but these modules make the output random "
+            f"or batch-dependent: {', '.join(found[:5])}. Call model.eval() (or pass "
+            "eval_mode=True)."
+        )
 
 
 def check_mode(model: nn.Module, eval_mode: bool) -> contextlib.AbstractContextManager:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .feature_blocks import Features, ParamBlocks
-from .gram.engine import GramBlocks
+from .gram.feature_map import GramBlocks
 
 __all__ = ["HALF_DTYPES", "widen_features"]
 

@@ -17,30 +17,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..engine.budget import FEATURE_SHARE
+from ..engine.data.inputs import ModelInputs
+from ..engine.data.streaming import StreamedInputs
 from ..engine.feature_blocks import Features, nbytes
 from ..engine.features import FeatureMap
-from ..engine.inputs import ModelInputs
 from ..engine.model import check_finite
-from ..engine.precision import exact_float32
-from ..engine.streaming import StreamedInputs
+from ..engine.projection.precision import exact_float32
 from ..engine.widen import widen_features
-
-
-def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
-    zero = sq <= 0
-    inv = torch.where(zero, torch.zeros_like(sq), sq.clamp_min(1e-300).rsqrt())
-    return inv, zero
-
-
-def _mirrored(block: Tensor) -> Tensor:
-    """The block of the swapped pair: (b1, b2) -> (b2, b1), (b1, b2, C, C) -> (b2, b1, C, C)."""
-    out = block.transpose(0, 1)
-    return out.transpose(2, 3) if out.dim() == 4 else out
-
-
-def _symmetrize(block: Tensor) -> Tensor:
-    """Makes a diagonal block exactly symmetric (rounding of f @ f.T need not be)."""
-    return (block + _mirrored(block)) / 2
+from .blocks import cosine_normalised, mirrored, symmetric_diagonal
 
 
 def _warn_zero_norms(rows: set[int], cols: set[int]) -> None:
@@ -149,17 +133,18 @@ def _normalised(
     zero_rows: set[int],
     zero_cols: set[int],
 ) -> tuple[Tensor, Tensor]:
-    r"""Cosine-normalises a (b1, b2) block; records rows and columns of zero norm.
+    r"""Cosine-normalises a block; records rows and columns of zero norm.
 
     Returns:
         (block, zero): the normalised block and the (b1,) mask of zero-norm rows.
     """
     b1, b2 = block.shape[:2]
-    inv_r, zr = _inverse_norms(rows.sq_norms[rstart : rstart + b1])
-    inv_c, zc = _inverse_norms(cols.sq_norms[cstart : cstart + b2])
+    block, zr, zc = cosine_normalised(
+        block, rows.sq_norms[rstart : rstart + b1], cols.sq_norms[cstart : cstart + b2]
+    )
     zero_rows.update((torch.nonzero(zr).flatten() + rstart).tolist())
     zero_cols.update((torch.nonzero(zc).flatten() + cstart).tolist())
-    return block * inv_r[:, None] * inv_c[None, :], zr
+    return block, zr
 
 
 def iter_kernel_blocks(
@@ -230,9 +215,7 @@ def iter_kernel_blocks(
                         block, zr = _normalised(block, rows, cols, rstart, cstart, zero_rows,
                                                 zero_cols)  # fmt: skip
                     if diagonal_block:
-                        block = _symmetrize(block)
-                        if normalize:
-                            block.diagonal().copy_((~zr).to(block.dtype))
+                        block = symmetric_diagonal(block, zr if normalize else None)
                     yield rstart, cstart, block
                     bar.update(1)
     if normalize:
@@ -268,6 +251,6 @@ def assemble_kernel(
         rstop, cstop = rstart + block.shape[0], cstart + block.shape[1]
         out[rstart:rstop, cstart:cstop] = block.to(output_device)
         if symmetric and cstart != rstart:
-            out[cstart:cstop, rstart:rstop] = _mirrored(block).to(output_device)
+            out[cstart:cstop, rstart:rstop] = mirrored(block).to(output_device)
     assert out is not None
     return out

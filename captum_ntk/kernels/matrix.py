@@ -23,24 +23,27 @@ from ..engine.budget import (
     MemoryBudgetError,
     pass_bytes,
 )
+from ..engine.data.inputs import ModelInputs
 from ..engine.features import (
     FeatureMap,
     ProjectedJacobianFeatures,
     ProjectedSummedGradientFeatures,
 )
+from ..engine.gradient_computers import (
+    engine_names,
+    is_user_engine,
+    user_gradient_computer,
+)
 from ..engine.gram import GramFeatures
 from ..engine.gram.gradients import CapturedGradients
-from ..engine.inputs import ModelInputs
 from ..engine.kronecker import KroneckerFeatures
 from ..engine.model import ModelFunction, check_mode
-from ..engine.precision import PRECISIONS, check_precision, exact_float32
-from ..engine.projection import default_projection_dim
-from ..engine.projection_kinds import check_projection, make_projection
+from ..engine.projection.dense import default_projection_dim
+from ..engine.projection.kinds import check_projection, make_projection
+from ..engine.projection.precision import PRECISIONS, check_precision, exact_float32
 from .assembly import FeatureCache, assemble_kernel
 from .registry import KERNELS, kernel_spec
 
-#: Values of ``engine``: how exact gradient kernels are computed.
-ENGINES = ("auto", "jacobian", "gram")
 #: projected kernels, whose per-example gradients engine="gram" takes from the Gram capture
 CAPTURED_KERNELS = tuple(name for name, spec in KERNELS.items() if spec.projected)
 #: Kernels the per-layer Gram engine computes (read from the registry).
@@ -103,6 +106,14 @@ def build_feature_map(
         fmap.gram_form = engine != "jacobian"
     if isinstance(fmap, PROJECTED_GRADIENTS) and engine == "gram":
         fmap.gradients = CapturedGradients(function, limit)  # instead of vmap(jacrev / grad)
+    if is_user_engine(engine):  # a registered gradient computer (TRAK-style composition)
+        if isinstance(fmap, KroneckerFeatures):
+            raise ValueError(
+                "projection='kronecker' projects per layer from the layers' inputs and output "
+                f"gradients, not from per-example gradients; engine={engine!r} cannot serve it. "
+                "Use a matrix projection (rademacher, gaussian, sjlt or a registered one)."
+            )
+        fmap.gradients = user_gradient_computer(engine, function, limit)
     fmap.memory_limit = limit
     return fmap
 
@@ -121,9 +132,19 @@ def _check_projection_options(kernel: str, projection: str, precision: str) -> N
 
 def _use_gram(kernel: str, engine: str) -> bool:
     """Whether ``engine`` means the per-layer Gram engine for ``kernel`` (errors for bad pairs)."""
-    if engine not in ENGINES:
-        raise ValueError(f"Unknown engine {engine!r}; choose one of {ENGINES}.")
+    if engine not in engine_names():
+        raise ValueError(
+            f"Unknown engine {engine!r}; choose one of {engine_names()} or add yours with "
+            "captum_ntk.register_gradient_computer(name, factory, description)."
+        )
     spec = kernel_spec(kernel)
+    if is_user_engine(engine):
+        if not (spec.exact_gradients or spec.projected):
+            raise ValueError(
+                f"engine={engine!r} (a registered gradient computer) serves gradient kernels; "
+                f"{kernel!r} is an activation kernel: use engine='auto'."
+            )
+        return False
     if engine == "gram" and not (spec.exact_gradients or kernel in CAPTURED_KERNELS):
         raise ValueError(
             f"engine='gram' computes the exact gradient kernels {GRAM_KERNELS} and the "
@@ -293,7 +314,7 @@ def kernel_matrix(
                 ``min(10240, 2 ** floor(log2(P / 4)))`` (at least 1): the largest power of two
                 not above a quarter of P, capped at the paper's 10240 (reached for
                 P >= 65536), e.g. 2048 for P = 8970. See
-                :func:`captum_ntk.engine.projection.default_projection_dim`.
+                :func:`captum_ntk.engine.projection.dense.default_projection_dim`.
         projection (str): how projected kernels project gradients. "rademacher" (default) or
                 "gaussian": the paper's dense i.i.d. K x P matrix. "sjlt": a sparse
                 Johnson-Lindenstrauss transform, 4 nonzeros +-1/2 per column (s P additions
@@ -301,8 +322,9 @@ def kernel_matrix(
                 Kronecker factors ``P_out (x) P_in`` applied to layer inputs and output
                 gradients without forming per-example gradients (Linear and groups-1 Conv;
                 other parameters dense-projected); unbiased, but a different estimator with
-                more variance: report it as the Kronecker variant. See
-                :mod:`captum_ntk.engine.projection_kinds`.
+                more variance: report it as the Kronecker variant. A name added with
+                :func:`captum_ntk.register_projection` uses your projector. See
+                :mod:`captum_ntk.engine.projection.kinds`.
         seed (int): projection seed. The same seed gives the same kernel whatever
                 ``batch_size``, ``memory_limit`` or device, up to floating-point rounding.
         batch_size (int, optional): examples per block. Default: as many as keep one
@@ -353,12 +375,15 @@ def kernel_matrix(
                 layers (Linear layers on vectors) in Gram form: their kernel is ``<P_in a_i,
                 P_in a_j> sum_c <P_out delta^c_i, P_out delta^c_j>``, equal to the Kronecker
                 features' inner products up to float rounding at a fraction of the cost;
-                "jacobian" forms the features.
+                "jacobian" forms the features. A name added with
+                :func:`captum_ntk.register_gradient_computer` computes the per-example
+                gradients of every gradient kernel with your code (see
+                :mod:`captum_ntk.engine.gradient_computers`).
         precision (str): arithmetic of the projection matmuls of projected kernels (sums
                 over parameter blocks always in float32 or wider): "fp32" (default), "tf32"
                 (CUDA only; a ValueError on other devices) or "bf16" (products of bfloat16
                 gradients and matrix). A ValueError for exact kernels unless "fp32". See
-                :mod:`captum_ntk.engine.precision`.
+                :mod:`captum_ntk.engine.projection.precision`.
         store (str or os.PathLike, optional): a directory: the features of ``inputs1`` are
                 written to ``store/rows``, those of ``inputs2`` to ``store/cols`` and the kernel
                 to ``store/kernel.npy``, block by block; a call that stopped resumes, and a

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..engine.activation_layers import CalledLeafOutputFeatures, LastLinearInputFeatures
 from ..engine.features import (
     ActivationFeatures,
     FeatureMap,
@@ -29,9 +30,8 @@ from ..engine.features import (
     ProjectedSummedGradientFeatures,
     SummedGradientFeatures,
 )
-from ..engine.layers import CalledLeafOutputFeatures, LastLinearInputFeatures
 from ..engine.model import ModelFunction
-from ..engine.projection import RandomProjection
+from ..engine.projection.dense import RandomProjection
 
 #: Options a feature-map builder receives: (function, layers, projection or None).
 Builder = Callable[[ModelFunction, "Sequence[str] | None", "RandomProjection | None"], FeatureMap]

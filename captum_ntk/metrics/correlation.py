@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from scipy import stats
 
+from ..surrogate.scores import kendall_tau_b
 from ._checks import ArrayLike, _check_not_constant, _paired
 
 
@@ -36,7 +37,7 @@ def kendall_tau(p_nn: ArrayLike, p_surrogate: ArrayLike) -> float:
     """
     x, y = _paired(p_nn, p_surrogate, "p_nn", "p_surrogate")
     _check_not_constant(x, y, "p_nn", "p_surrogate", "Kendall tau")
-    return float(stats.kendalltau(x, y).statistic)
+    return kendall_tau_b(x, y)
 
 
 def pearson(a: ArrayLike, b: ArrayLike) -> float:

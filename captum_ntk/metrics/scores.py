@@ -8,9 +8,9 @@ from float64 logits with ``log_softmax`` / ``logsigmoid`` stay distinct up to ma
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..surrogate import scores as core
 from ._checks import ArrayLike, _labels, _same_length, _to_tensor
 
 __all__ = ["correct_class_log_probability", "correct_class_margin", "tied_pairs"]
@@ -48,9 +48,7 @@ def correct_class_log_probability(logits: ArrayLike, labels: ArrayLike) -> Tenso
                     ``logsigmoid(s)`` / ``logsigmoid(-s)`` for labels 1 / 0, on the CPU.
     """
     values, truth = _logits_and_labels(logits, labels)
-    if values.dim() == 1:
-        return F.logsigmoid(torch.where(truth == 1, values, -values))
-    return torch.log_softmax(values, dim=1).gather(1, truth[:, None])[:, 0]
+    return core.correct_class_log_proba(values, truth)
 
 
 def correct_class_margin(logits: ArrayLike, labels: ArrayLike, others: str = "max") -> Tensor:
@@ -72,13 +70,7 @@ def correct_class_margin(logits: ArrayLike, labels: ArrayLike, others: str = "ma
     if others not in ("max", "logsumexp"):
         raise ValueError(f"others must be 'max' or 'logsumexp', got {others!r}")
     values, truth = _logits_and_labels(logits, labels)
-    if values.dim() == 1:
-        return torch.where(truth == 1, values, -values)
-    correct = values.gather(1, truth[:, None])[:, 0]
-    rest = values.scatter(1, truth[:, None], -torch.inf)
-    if others == "logsumexp":
-        return correct - torch.logsumexp(rest, dim=1)
-    return correct - rest.max(dim=1).values
+    return core.correct_class_margin(values, truth, others)
 
 
 def tied_pairs(values: ArrayLike) -> int:

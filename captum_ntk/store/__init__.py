@@ -10,8 +10,8 @@ multi-process runs.
 
 from .distributed import all_gather_rows, barrier, is_distributed, shard, world
 from .format import StoreMismatchError
+from .kernel_blocks import kernel_blocks, load_kernel, streaming_topk, write_kernel
 from .pipeline import stored_kernel_matrix
-from .scoring import kernel_blocks, load_kernel, streaming_topk, write_kernel
 from .store import FeatureStore, featurize, flat_features, store_metadata
 
 __all__ = [

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..engine.data.streaming import StreamingSource
 from ..engine.features import FeatureMap
-from ..engine.streaming import StreamingSource
-from .scoring import write_kernel
+from .kernel_blocks import write_kernel
 from .store import featurize
 
 __all__ = ["stored_kernel_matrix"]
@@ -41,7 +41,7 @@ def stored_kernel_matrix(
     Args:
         fmap (FeatureMap): the feature map (fixed-size features: projected kernels, ck,
                 non-token embedding).
-        inputs1: data in any form :class:`~captum_ntk.engine.streaming.StreamingSource` reads.
+        inputs1: data in any form :class:`~captum_ntk.engine.data.streaming.StreamingSource` reads.
         inputs2: the same, or None for the symmetric kernel.
         directory (str or Path): the store.
         block_size (int): examples per store block (the layout).

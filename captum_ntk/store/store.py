@@ -1,6 +1,6 @@
 r"""Feature stores: per-example features of a dataset on disk, written block by block.
 
-:func:`featurize` streams a dataset (:class:`~captum_ntk.engine.streaming.StreamingSource`)
+:func:`featurize` streams a dataset (:class:`~captum_ntk.engine.data.streaming.StreamingSource`)
 through a feature map and writes each block's features and squared norms into ``.npy`` memmaps
 (layout in :mod:`captum_ntk.store.format`). Completed blocks are skipped, so a killed run
 resumes where it stopped and ends with the same bytes as an uninterrupted run. Under an
@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..engine.data.streaming import StreamingSource, block_digest, data_fingerprint
 from ..engine.feature_blocks import Features
 from ..engine.features import FeatureMap
 from ..engine.fingerprint import model_fingerprint
 from ..engine.model import check_finite
-from ..engine.precision import exact_float32
-from ..engine.streaming import StreamingSource, block_digest, data_fingerprint
+from ..engine.projection.precision import exact_float32
 from ..engine.widen import widen_features
 from .atomic import read_json, write_json_atomic
 from .distributed import barrier, shard, world

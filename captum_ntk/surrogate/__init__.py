@@ -6,6 +6,7 @@ r"""Surrogate models fitted to kernels: the kernel GLM (kGLM, Eq. 1).
 """
 
 from .kglm import ABSENT_CLASS_MARGIN, KernelGLM
-from .selection import DEFAULT_ALPHA_GRID, correct_class_log_proba
+from .scores import correct_class_log_proba
+from .selection import DEFAULT_ALPHA_GRID
 
 __all__ = ["ABSENT_CLASS_MARGIN", "DEFAULT_ALPHA_GRID", "KernelGLM", "correct_class_log_proba"]

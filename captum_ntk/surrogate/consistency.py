@@ -20,21 +20,13 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from .scores import correct_class_margin
+
 #: fit(train_index, alpha) -> (coef (n_out, n_fold_train), intercept (n_out,))
 FoldFit = Callable[[Tensor, float], tuple[Tensor, Tensor]]
 
 #: Most training / held-out points the criterion uses (a seeded random sample beyond).
 MAX_FIT_POINTS, MAX_HELD_OUT = 2000, 500
-
-
-def _margin(logits: Tensor, correct: Tensor) -> Tensor:
-    """TRAK's correct-class margin (logsumexp of the others); +-s for one logit."""
-    logits = logits.to(torch.float64)
-    if logits.shape[1] == 1:
-        return torch.where(correct == 1, logits[:, 0], -logits[:, 0])
-    right = logits.gather(1, correct[:, None])[:, 0]
-    rest = logits.scatter(1, correct[:, None], -torch.inf)
-    return right - torch.logsumexp(rest, dim=1)
 
 
 def _attributions(block: Tensor, coef: Tensor, correct: Tensor) -> Tensor:
@@ -140,7 +132,9 @@ def counterfactual_consistency(
         for g, alpha in enumerate(alphas):
             coef, intercept = fit(sub, float(alpha))
             logits = block[:, subset.to(device)] @ coef.T.to(block) + intercept.to(block)
-            outputs[g, m] = _margin(logits, target.to(device)).cpu().numpy()
+            outputs[g, m] = (
+                correct_class_margin(logits, target.to(device), "logsumexp").cpu().numpy()
+            )
             if progress is not None:
                 progress(1)
     pairs = [_mean_spearman(predictions[g], outputs[g]) for g in range(len(alphas))]

@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import stats
 from torch import Tensor
 
 from ._validation import ArrayLike, Targets, as_labels
+from .scores import correct_class_log_proba, kendall_tau_b
 
 #: Default grids of ``alpha`` per loss (relative to the kernel's scale, see
 #: ``KernelGLM(alpha_scale=)``). The squared loss is solved exactly, so its grid goes lower; the
@@ -29,34 +28,6 @@ DEFAULT_ALPHA_GRID: dict[str, tuple[float, ...]] = {
     "log_loss": (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
     "squared": (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8),
 }
-
-
-def correct_class_log_proba(logits: Tensor, index: Tensor, ovr: bool = False) -> Tensor:
-    r"""Float64 log-probability of class ``index[i]`` under logits ``logits[i]``.
-
-    Args:
-        logits (Tensor): ``(n,)`` one logit (the log-odds of class 1) or ``(n, C)`` logits.
-        index (Tensor): ``(n,)`` class indices (0/1 for one logit, ``[0, C)`` otherwise).
-        ovr (bool): ``(n, C)`` logits are one-vs-rest scores, whose probabilities are
-                    scikit-learn's ``sigmoid(s_c) / sum_k sigmoid(s_k)`` (the sklearn
-                    backend) instead of a softmax. Default: False.
-
-    Returns:
-        Tensor: ``(n,)`` float64 ``log_softmax(logits)[i, index[i]]`` (``logsigmoid(+-s)``;
-        the normalised log-sigmoid with ``ovr``).
-    """
-    logits = logits.detach().to(torch.float64)
-    index = index.to(logits.device)
-    if logits.dim() == 2 and logits.shape[1] == 1:
-        logits = logits[:, 0]
-    if logits.dim() == 1:
-        return F.logsigmoid(torch.where(index == 1, logits, -logits))
-    if ovr:
-        scores = F.logsigmoid(logits)
-        log_p = scores - torch.logsumexp(scores, dim=1, keepdim=True)
-    else:
-        log_p = torch.log_softmax(logits, dim=1)
-    return log_p.gather(1, index[:, None].long())[:, 0]
 
 
 def stratified_folds(group: Tensor, n_folds: int, seed: int) -> list[Tensor]:
@@ -75,14 +46,6 @@ def stratified_folds(group: Tensor, n_folds: int, seed: int) -> list[Tensor]:
         members = order[group[order] == value]
         fold_of[members] = torch.arange(members.numel()) % n_folds
     return [torch.nonzero(fold_of == f)[:, 0] for f in range(n_folds)]
-
-
-def kendall_tau_or_nan(a: Tensor, b: Tensor) -> float:
-    """Kendall tau-b of two float vectors, NaN when either is constant."""
-    x, y = a.cpu().numpy(), b.cpu().numpy()
-    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return math.nan
-    return float(stats.kendalltau(x, y).statistic)
 
 
 #: fit(train_index, alpha) -> (coef (n_out, n_fold_train), intercept (n_out,))
@@ -131,7 +94,7 @@ def cross_validate_alpha(
             coef, intercept = fit(train, float(alpha))
             logits = block.to(coef.device, torch.float64) @ coef.T.double() + intercept.double()
             log_p = correct_class_log_proba(logits, correct[scored], ovr)
-            taus[g, f] = kendall_tau_or_nan(reference[scored], log_p.cpu())
+            taus[g, f] = kendall_tau_b(reference[scored], log_p.cpu())
             if progress is not None:
                 progress(1)
     mean = np.array([_nanmean(row) for row in taus])

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..inputs import ModelInputs
+from ..data.inputs import ModelInputs
 from ..model import ModelFunction, _as_2d
-from .layers import LayerRule
+from .rules import LayerRule
 
 
 @dataclass

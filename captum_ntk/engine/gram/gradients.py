@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..inputs import ModelInputs
+from ..data.inputs import ModelInputs
 from ..model import ModelFunction
 from .capture import captured_bytes, forward_capture, output_gradients
-from .engine import (
+from .feature_map import (
     MIXED_BATCH,
     GramFeatures,
     mixes_examples,

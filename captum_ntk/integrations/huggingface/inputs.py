@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...engine.data.tokens import cut_per_token, is_per_token
 from .common import _COMMON_KEYS, _DROPPED_KEYS, _TOKEN_ID_KEYS, MaskFormat
 from .masks import layer_types, uses_per_layer_masks
 
@@ -287,26 +288,15 @@ def trim_padding(inputs: Mapping[str, Any]) -> dict[str, Any]:
             f"rows {bad} have padding between tokens; only right or left padding is supported"
         )
 
-    def is_per_token(value: Any) -> bool:
-        return (
-            isinstance(value, Tensor)
-            and value.dim() >= 2
-            and tuple(value.shape[:2]) == (batch_size, seq_len)
-        )
-
     if bool((start > 0).any()):
         index = (positions[None, :] + start[:, None]) % seq_len  # rotate each row left by start
         for key, value in out.items():
-            if is_per_token(value):
+            if is_per_token(value, mask):
                 row_index = index.to(value.device).view(
                     batch_size, seq_len, *([1] * (value.dim() - 2))
                 )
                 out[key] = torch.gather(value, 1, row_index.expand_as(value))
-    longest = int(lengths.max())
-    for key, value in out.items():
-        if is_per_token(value):
-            out[key] = value[:, :longest]
-    return out
+    return cut_per_token(out, mask, int(lengths.max()))
 
 
 def prepare_inputs(

@@ -9,7 +9,7 @@ therefore distinct, ``||S e_p|| = 1`` exactly, and distinct columns have indepen
     E <S g, S h> = <g, h>
 
 (projected features are ``S g``, with no further ``1/sqrt(K)``). The hashes are the counter-based
-hash of :mod:`captum_ntk.engine.hashing`: S is a pure function of ``(seed, p, K, s)``, identical
+hash of :mod:`captum_ntk.engine.projection.hashing`: S is a pure function of ``(seed, p, K, s)``, identical
 for every batch size, column-block size, device and GPU model.
 
 Cost: ``s P`` additions per gradient row instead of ``K P`` multiply-adds for a dense projection.
@@ -18,7 +18,7 @@ positive entries of row k, column K + k for negative ones), so every output entr
 parameter order: bit-identical whatever the batch size or block size. On CUDA with Triton
 (float32/float16/bfloat16 gradients) a
 compressed-row (CSR) kernel sums each output entry in parameter order too (deterministic, see
-:mod:`captum_ntk.engine.triton_sjlt`); without Triton ``index_add_`` on CUDA uses atomic adds, whose
+:mod:`captum_ntk.engine.projection.triton_sjlt`); without Triton ``index_add_`` on CUDA uses atomic adds, whose
 order (and so the last bits of the result) may change from run to run.
 
 Default ``s`` = 4 (:data:`DEFAULT_NONZEROS`): each column touches 4 rows, enough for the norm of
@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from . import triton_sjlt
+from .dense import column_pieces
 from .hashing import M32, column_keys, i32, mix32
-from .projection import column_pieces
 
 #: Default nonzeros per column.
 DEFAULT_NONZEROS = 4
@@ -136,7 +136,7 @@ def sjlt_matrix(
 class SparseProjection:
     r"""Applies the seeded SJLT to rows of gradients, column block by column block.
 
-    Same interface as :class:`captum_ntk.engine.projection.RandomProjection`.
+    Same interface as :class:`captum_ntk.engine.projection.dense.RandomProjection`.
 
     Args:
         num_params (int): P.

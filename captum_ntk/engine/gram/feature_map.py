@@ -25,17 +25,17 @@ import copy
 import torch
 from torch import Tensor
 
+from ..budget import combinations_per_pass
+from ..data.inputs import ModelInputs
 from ..features import FeatureMap, JacobianFeatures, SummedGradientFeatures
-from ..inputs import ModelInputs
 from ..model import (
     ModelFunction,
     _as_2d,
-    batch_statistics_modules,
-    stochastic_train_mode_modules,
+    refuse_batch_dependent,
 )
 from .capture import Capture, captured_bytes, forward_capture, output_gradients
 from .contract import GramPiece, per_class_inner, trace_inner, trace_sq_norms
-from .layers import LayerRule, make_rule
+from .rules import LayerRule, make_rule
 
 #: First examples of a block the plan is made on (and feature sizes estimated), with the
 #: block's longest example (see :func:`plan_examples`).
@@ -227,10 +227,10 @@ class GramFeatures(FeatureMap):
         return torch.eye(num_logits)
 
     def _class_chunk(self, record: Capture, num_combinations: int) -> int:
-        """Combinations per backward pass so one pass's gradients fit a quarter of the budget."""
+        """Combinations per backward pass (see :func:`budget.combinations_per_pass`)."""
         outputs = [o for outs in record.outputs.values() for o in outs]
-        per_combination = sum(o.numel() * o.element_size() for o in outputs) * 3
-        return int(max(1, min(num_combinations, self.memory_limit // 4 // max(1, per_combination))))
+        size = sum(o.numel() * o.element_size() for o in outputs)
+        return combinations_per_pass(size, num_combinations, self.memory_limit)
 
     def plan(self, inputs: ModelInputs) -> None:
         r"""Chooses, from a block of examples, which modules are covered and in which form.
@@ -317,14 +317,7 @@ class GramFeatures(FeatureMap):
         return kept
 
     def _check_mode(self) -> None:
-        model = self.function.model
-        found = stochastic_train_mode_modules(model) + batch_statistics_modules(model)
-        if found:
-            raise RuntimeError(
-                "The Gram engine runs the model on whole blocks, but these modules make the "
-                f"output random or batch-dependent: {', '.join(found[:5])}. Call model.eval() "
-                "(or pass eval_mode=True to kernel_matrix)."
-            )
+        refuse_batch_dependent(self.function.model, "The Gram engine")
 
     def layer_forms(self) -> dict[str, str]:
         """Module name -> "gram" or "materialised" for the covered modules (after planning)."""

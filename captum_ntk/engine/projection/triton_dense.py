@@ -1,9 +1,9 @@
 r"""Fused Rademacher projection on CUDA with Triton: ``out += G @ S.T`` where the signs of S
-are generated in registers from the same hash as :func:`captum_ntk.engine.projection.projection_block`,
+are generated in registers from the same hash as :func:`captum_ntk.engine.projection.dense.projection_block`,
 so the K x P matrix never exists in memory (in the spirit of TRAK's fast_jl, but a pure function
 of (seed, parameter index, K) that does not depend on the GPU model).
 
-Used by :class:`captum_ntk.engine.projection.RandomProjection` for float32/float16/bfloat16 gradients on
+Used by :class:`captum_ntk.engine.projection.dense.RandomProjection` for float32/float16/bfloat16 gradients on
 CUDA when Triton imports; everything else takes the blockwise torch path. float32 products use
 TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set, else "tf32x3" (split-precision TF32:
 the +-1 signs are exact in TF32, so only the gradients' low bits are rounded, about 2^-21

@@ -23,18 +23,15 @@ import torch
 from torch import Tensor
 
 from .inputs import ModelInputs
+from .tokens import is_per_token, token_mask
 
 __all__ = ["block_digest", "data_fingerprint", "example_digests", "is_token"]
 
 
 def is_token(inputs: ModelInputs, key: Any, t: Tensor) -> bool:
-    """Whether ``t`` (under ``key``) is a token tensor of a text block (padded per example)."""
-    return (
-        isinstance(key, str)
-        and "attention_mask" in inputs.kwargs
-        and t.dim() == 2
-        and not t.is_floating_point()
-    )
+    """Whether ``t`` (under keyword ``key``) is per token of a text block (padded per example;
+    see :func:`captum_ntk.engine.data.tokens.is_per_token`)."""
+    return isinstance(key, str) and is_per_token(t, token_mask(inputs.kwargs))
 
 
 def _example_bytes(t: Tensor) -> bytes:

@@ -7,11 +7,11 @@ block (plus at most one loader batch) is held at a time, so memory is bounded by
 whatever N is. Text batches (with an ``attention_mask``) are padded per block to the longest
 example of that block, not of the dataset.
 
-A :class:`StreamingSource` given the :func:`~captum_ntk.engine.digests.example_digests` of a
+A :class:`StreamingSource` given the :func:`~captum_ntk.engine.data.digests.example_digests` of a
 first pass (``digests``) checks every block it reads again against them, whatever the block
 size: a dataset that returns other data on a second read (random transforms, a shuffling
 ``IterableDataset``) is refused with an error instead of pairing labels with other examples'
-features. Block and example digests live in :mod:`captum_ntk.engine.digests` (re-exported).
+features. Block and example digests live in :mod:`captum_ntk.engine.data.digests` (re-exported).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .batches import as_loader, pad_concat, split_batch
-from .digests import block_digest, data_fingerprint, example_digests, is_token
+from .digests import block_digest, data_fingerprint, example_digests
 from .inputs import ModelInputs
+from .tokens import cut_per_token, token_mask, used_length
 
 __all__ = [
     "StreamedInputs",
@@ -47,13 +48,10 @@ def trim_padding(inputs: ModelInputs) -> ModelInputs:
     Returns:
         ModelInputs: the block with (B, T) integer keyword tensors cut to (B, T_block).
     """
-    mask = inputs.kwargs.get("attention_mask")
-    if mask is None or mask.dim() != 2 or mask.shape[1] == 0:
+    mask = token_mask(inputs.kwargs)
+    if mask is None or mask.shape[1] == 0:
         return inputs
-    used = torch.nonzero(mask.ne(0).any(dim=0)).flatten()
-    length = int(used.max()) + 1 if used.numel() else 1
-    kwargs = {k: (v[:, :length] if is_token(inputs, k, v) else v) for k, v in inputs.kwargs.items()}
-    return ModelInputs(inputs.args, kwargs)
+    return ModelInputs(inputs.args, cut_per_token(inputs.kwargs, mask, used_length(mask)))
 
 
 class StreamingSource:
@@ -64,7 +62,7 @@ class StreamingSource:
                 ``drop_last``), a list of examples (tuples or dicts), an iterable of batches,
                 or one in-memory batch (Tensor, tuple ``(inputs..., labels)``, Mapping,
                 :class:`ModelInputs`). Batches follow Captum's convention (see
-                :mod:`captum_ntk.engine.batches`).
+                :mod:`captum_ntk.engine.data.batches`).
         block_size (int): examples per block (the last block may be shorter).
         name (str): what the data is called in error messages.
         num_examples (int, optional): N when already known (skips the counting pass of an

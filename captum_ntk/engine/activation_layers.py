@@ -13,9 +13,9 @@ import contextlib
 
 from torch import Tensor, nn
 
+from .data.inputs import ModelInputs
 from .feature_blocks import ParamBlocks
 from .features import ActivationFeatures
-from .inputs import ModelInputs
 from .model import ModelFunction, extract_logits
 
 _CHOOSE = "pass layers=['<module name>'] to choose the layer whose input is the embedding"

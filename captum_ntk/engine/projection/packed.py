@@ -1,6 +1,6 @@
 r"""Dense Rademacher projection whose signs are generated once and kept bit-packed (CPU).
 
-:class:`~captum_ntk.engine.projection.RandomProjection` keeps the K x P matrix only when all of
+:class:`~captum_ntk.engine.projection.dense.RandomProjection` keeps the K x P matrix only when all of
 it fits its cache budget in the compute dtype (4 K P bytes in float32); otherwise every call (one
 per gradient pass) regenerates every column block from the hash, which on a CPU costs more than
 the matmul for a few hundred gradient rows. A Rademacher entry is one bit, so the matrix fits the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .projection import RandomProjection
+from .dense import RandomProjection
 
 #: Row b of the table: the 8 signs (+-1) whose "negative" bits are the bits of b (LSB first).
 _SIGNS = torch.tensor([[1.0 - 2.0 * ((b >> i) & 1) for i in range(8)] for b in range(256)])

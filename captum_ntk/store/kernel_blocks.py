@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..kernels.blocks import StreamingTopK, cosine_normalised, symmetric_diagonal
 from .atomic import read_json, write_json_atomic
 from .distributed import barrier, shard, world
 from .format import check_metadata, marker_path
@@ -32,26 +33,18 @@ __all__ = ["kernel_blocks", "load_kernel", "streaming_topk", "write_kernel"]
 _KERNEL_FIELDS = ("rows", "cols", "normalize")
 
 
-def _inverse_norms(sq: Tensor) -> tuple[Tensor, Tensor]:
-    zero = sq <= 0
-    return torch.where(zero, torch.zeros_like(sq), sq.clamp_min(1e-300).rsqrt()), zero
-
-
 def _block_pair(rows, cols, i: int, j: int, normalize: bool, device, zero: set) -> Tensor:
     """The kernel block of row block ``i`` and column block ``j``."""
     rstart, rf, rsq = rows.block(i, device)
     cstart, cf, csq = cols.block(j, device)
     block = rf.reshape(rf.shape[0], -1) @ cf.reshape(cf.shape[0], -1).T
+    zr = None
     if normalize:
-        inv_r, zr = _inverse_norms(rsq)
-        inv_c, zc = _inverse_norms(csq)
-        block = block * inv_r[:, None] * inv_c[None, :]
+        block, zr, zc = cosine_normalised(block, rsq, csq)
         zero.update((torch.nonzero(zr).flatten() + rstart).tolist())
         zero.update((torch.nonzero(zc).flatten() + cstart).tolist())
     if rows is cols and i == j:
-        block = (block + block.T) / 2
-        if normalize:
-            block.diagonal().copy_((~zr).to(block.dtype))
+        block = symmetric_diagonal(block, zr)
     return block
 
 
@@ -219,7 +212,7 @@ def streaming_topk(
     from .distributed import all_gather_rows
 
     first, stop = shard(test.num_blocks)
-    results: dict[int, tuple[Tensor, Tensor]] = {}
+    top = StreamingTopK(k, largest)
     for rstart, cstart, block in kernel_blocks(
         test,
         train,
@@ -228,20 +221,6 @@ def streaming_topk(
         device=device,
         show_progress=show_progress,
     ):
-        block = block.cpu()
-        index = torch.arange(cstart, cstart + block.shape[1]).expand(block.shape[0], -1)
-        if rstart in results:
-            best, best_index = results[rstart]
-            block, index = torch.cat([best, block], 1), torch.cat([best_index, index], 1)
-        order = torch.sort(block, dim=1, descending=largest, stable=True).indices[:, :k]
-        results[rstart] = (block.gather(1, order), index.gather(1, order))
-    starts = sorted(results)
-    n_local = sum(results[s][0].shape[0] for s in starts)
-    scores = torch.cat([results[s][0] for s in starts]) if starts else torch.empty(0, k)
-    indices = (
-        torch.cat([results[s][1] for s in starts])
-        if starts
-        else torch.empty(0, k, dtype=torch.int64)
-    )
-    assert scores.shape[0] == n_local
+        top.update(rstart, cstart, block)
+    scores, indices = top.result()
     return all_gather_rows(scores, test.num_examples), all_gather_rows(indices, test.num_examples)

@@ -1,7 +1,7 @@
 r"""Deterministic SJLT on CUDA with Triton: a compressed-row (CSR) kernel.
 
 For a column block of the gradients, the SJLT's nonzeros (indices from
-:func:`captum_ntk.engine.sjlt.sjlt_indices`) are sorted by output row (a stable sort, so within a
+:func:`captum_ntk.engine.projection.sjlt.sjlt_indices`) are sorted by output row (a stable sort, so within a
 row they stay in parameter order) and one Triton program per (tile of gradient rows, output row)
 gathers its columns and sums them in that order. Every output entry is written by exactly one
 program, with no atomic additions: the result is deterministic and does not depend on the number
@@ -19,7 +19,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .triton_projection import available
+from .triton_dense import available
 
 __all__ = ["available", "csr_layout", "sjlt_accumulate"]
 
@@ -59,7 +59,7 @@ def csr_layout(indices: Tensor, projection_dim: int) -> tuple[Tensor, Tensor]:
     r"""The nonzeros of a column block in compressed-row form.
 
     Args:
-        indices (Tensor): (s, w) int64 from :func:`~captum_ntk.engine.sjlt.sjlt_indices`.
+        indices (Tensor): (s, w) int64 from :func:`~captum_ntk.engine.projection.sjlt.sjlt_indices`.
         projection_dim (int): K.
 
     Returns:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import triton_projection
+from . import triton_dense
 from .hashing import C1, C2, column_keys, i32, mix32, row_keys
 from .precision import accumulate_product, tf32_matmul
 
@@ -192,7 +192,7 @@ class RandomProjection:
     """
 
     #: arithmetic of the matmuls ("fp32", "tf32" on CUDA, "bf16"; see
-    #: :mod:`captum_ntk.engine.precision`), set by ``make_projection``
+    #: :mod:`captum_ntk.engine.projection.precision`), set by ``make_projection``
     precision = "fp32"
 
     def __init__(
@@ -280,7 +280,7 @@ class RandomProjection:
         if first.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return False
 
-        return triton_projection.available()
+        return triton_dense.available()
 
     def _triton_project(self, parts: list[Tensor], offsets: list[int]) -> Tensor:
         first = parts[0]
@@ -289,7 +289,7 @@ class RandomProjection:
         out = torch.zeros(first.shape[0], self.projection_dim, device=device, dtype=torch.float32)
         # column keys (8 bytes per column, about 32 while they are hashed) take at most half of
         # the scratch at a time; the partial sums get the other half
-        scratch = triton_projection.MAX_PARTIAL_BYTES
+        scratch = triton_dense.MAX_PARTIAL_BYTES
         if self.scratch_bytes is not None:
             scratch = min(scratch, self.scratch_bytes)
         width = max(1, scratch // 64)
@@ -301,7 +301,7 @@ class RandomProjection:
                 if self.precision == "bf16":
                     piece = piece.to(torch.bfloat16)
                 with tf32_matmul(self.precision == "tf32"):
-                    triton_projection.project_accumulate(
+                    triton_dense.project_accumulate(
                         piece, row_key, col_key, col_key2, out, scratch_bytes=scratch // 2
                     )
         return (out / math.sqrt(self.projection_dim)).to(first.dtype)
