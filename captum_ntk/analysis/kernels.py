@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ..engine.fingerprint import model_fingerprint
-from ..engine.model import refuse_batch_dependent
+from ..engine.modes import refuse_batch_dependent
 from ..engine.parameters import select_parameters
 from ..kernels import kernel_matrix
 

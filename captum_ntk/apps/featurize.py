@@ -125,7 +125,7 @@ def _device(args: argparse.Namespace) -> str | None:
 
 def _featurize(args, options: dict, store: Path, dtype=None):
     from ..engine.data.streaming import StreamingSource
-    from ..engine.model import check_mode
+    from ..engine.modes import check_mode
     from ..kernels.matrix import build_feature_map
     from ..store import featurize
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..engine.data.batches import collect
 from ..engine.data.inputs import ModelInputs
 from ..engine.fingerprint import model_fingerprint
-from ..engine.model import check_mode
+from ..engine.modes import check_mode
 from ..kernels.assembly import FeatureCache, assemble_kernel, iter_kernel_blocks
 from ..kernels.matrix import build_feature_map
 from ..kernels.registry import kernel_spec

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.model import check_mode
+from ..engine.modes import check_mode
 from ..kernels.assembly import FeatureCache
 from ..kernels.registry import KERNELS
 from .base import NTKAttribution

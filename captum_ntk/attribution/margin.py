@@ -38,7 +38,7 @@ from ..engine.data.batches import split_batch
 from ..engine.data.inputs import ModelInputs
 from ..engine.feature_blocks import ParamBlocks
 from ..engine.fingerprint import model_fingerprint
-from ..engine.model import check_mode
+from ..engine.modes import check_mode
 from ..engine.projection.precision import exact_float32
 from ..engine.widen import widen_features
 from ..kernels.matrix import build_feature_map

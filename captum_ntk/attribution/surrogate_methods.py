@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..engine.data.inputs import ModelInputs
-from ..engine.model import check_mode
+from ..engine.modes import check_mode
 from ..surrogate import KernelGLM
 
 #: Targets of :meth:`SurrogateMethods.fit_surrogate`.

@@ -52,7 +52,8 @@ from .gram.feature_map import (
     restricted_function,
 )
 from .gram.rules import AffineRule
-from .model import ModelFunction, refuse_batch_dependent
+from .model import ModelFunction
+from .modes import refuse_batch_dependent
 from .projection.dense import RandomProjection, projection_block
 from .projection.precision import accumulate_product
 

@@ -37,7 +37,8 @@ from ..engine.gradient_computers import (
 from ..engine.gram import GramFeatures
 from ..engine.gram.gradients import CapturedGradients
 from ..engine.kronecker import KroneckerFeatures
-from ..engine.model import ModelFunction, check_mode
+from ..engine.model import ModelFunction
+from ..engine.modes import check_mode
 from ..engine.projection.dense import default_projection_dim
 from ..engine.projection.kinds import check_projection, make_projection
 from ..engine.projection.precision import PRECISIONS, check_precision, exact_float32

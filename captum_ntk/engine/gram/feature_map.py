@@ -28,11 +28,8 @@ from torch import Tensor
 from ..budget import combinations_per_pass
 from ..data.inputs import ModelInputs
 from ..features import FeatureMap, JacobianFeatures, SummedGradientFeatures
-from ..model import (
-    ModelFunction,
-    _as_2d,
-    refuse_batch_dependent,
-)
+from ..model import ModelFunction, _as_2d
+from ..modes import refuse_batch_dependent
 from .capture import Capture, captured_bytes, forward_capture, output_gradients
 from .contract import GramPiece, per_class_inner, trace_inner, trace_sq_norms
 from .rules import LayerRule, make_rule
