@@ -50,22 +50,33 @@ def test_mlp_mnist2_end_to_end(mnist_root, tmp_path, capsys):
     data = load_idx_dataset(mnist_root)
     n_zero = int((data.y_train == 0).sum())
     assert results["n_train"] == min(60, n_zero) + min(60, int((data.y_train == 1).sum()))
-    assert results["row"] == "mlp-mnist2" and len(results["rows"]) == 2
-    assert [r["seed"] for r in results["rows"]] == [0, 1]
+    # two seeds x two surrogates (the paper's kGLM and the library's default), side by side
+    assert results["row"] == "mlp-mnist2" and len(results["rows"]) == 4
+    assert [(r["seed"], r["surrogate"]) for r in results["rows"]] == [
+        (0, "paper"), (0, "default"), (1, "paper"), (1, "default")
+    ]  # fmt: skip
     assert all(r["num_parameters"] == 98_801 for r in results["rows"])
-    (summary,) = results["summary"]
-    assert summary["kernel"] == "trntk" and summary["paper_tau"] == 0.708
-    taus = np.array([r["tau"] for r in results["rows"]])
-    assert all(-1 <= t <= 1 for t in taus)
-    assert math.isclose(summary["tau_mean"], taus.mean(), rel_tol=1e-12)
-    assert math.isclose(summary["tau_se"], taus.std(ddof=1) / math.sqrt(2), rel_tol=1e-9)
+    paper_row, default_row = results["summary"]
+    assert (paper_row["kernel"], paper_row["surrogate"]) == ("trntk", "paper")
+    assert (default_row["kernel"], default_row["surrogate"]) == ("trntk", "default")
+    assert paper_row["paper_tau"] == 0.708
+    for surrogate, summary in (("paper", paper_row), ("default", default_row)):
+        mine = [r for r in results["rows"] if r["surrogate"] == surrogate]
+        for key in ("tau", "tau_paper"):
+            values = np.array([r[key] for r in mine])
+            assert all(-1 <= t <= 1 for t in values)
+            assert math.isclose(summary[f"{key}_mean"], values.mean(), rel_tol=1e-12)
+            assert math.isclose(
+                summary[f"{key}_se"], values.std(ddof=1) / math.sqrt(2), rel_tol=1e-9
+            )
     for r in results["rows"]:
         assert math.isclose(r["tad"], r["acc_kglm"] - r["acc_nn"], abs_tol=1e-12)
     assert any("subset" in note for note in results["notes"])
-    assert any("1e-3 to 1e-2" in note for note in results["notes"])
 
     report = (out / "report.md").read_text()
-    assert "| MLP (MNIST2) | trntk | 2 |" in report and "0.708" in report
+    assert "| MLP (MNIST2) | trntk | paper | 2 |" in report and "0.708" in report
+    assert "| MLP (MNIST2) | trntk | default | 2 |" in report
+    assert "within 0.03" in report or "OUTSIDE" in report
     for figure in results["figures"]:
         assert (out / figure).stat().st_size > 1000 and f"]({figure})" in report
     assert "mlp-mnist2_linearization.png" in results["figures"]
@@ -87,3 +98,54 @@ def test_unknown_row_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "vgg-imagenet", "--data-root", "."])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_store_reuses_networks_and_kernels(mnist_root, tmp_path, capsys):
+    store = tmp_path / "store"
+    argv = [
+        "reproduce", "mlp-mnist2", "--data-root", str(mnist_root), "--n-train", "60",
+        "--n-test", "30", "--epochs", "2", "--out", str(tmp_path / "a"), "--store", str(store),
+        "--no-progress", "--no-estimate", "--no-plots", "--threads", "1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert sorted(p.name.split("-")[0] for p in (store / "seed0").iterdir()) == [
+        "network", "trntk"
+    ]  # fmt: skip
+    argv[argv.index(str(tmp_path / "a"))] = str(tmp_path / "b")
+    assert main(argv) == 0
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert any("reused from --store" in n and "network" in n for n in second["notes"])
+    for a, b in zip(first["rows"], second["rows"], strict=True):
+        assert a["tau_paper"] == b["tau_paper"] and a["tau"] == b["tau"]
+    # other data: nothing reused, new files
+    argv[argv.index("60")] = "40"
+    argv[argv.index(str(tmp_path / "b"))] = str(tmp_path / "c")
+    assert main(argv) == 0
+    third = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert not any("reused from --store" in n for n in third["notes"])
+    assert len(list((store / "seed0").iterdir())) == 4
+
+
+def test_quick_runs_the_rows_whose_data_it_finds(tmp_path, capsys, monkeypatch):
+    from captum_ntk.apps.reproduce import quick
+
+    root = tmp_path / "data"
+    write_idx_dataset(root / "MNIST" / "raw", n_train=200, n_test=80, gz=False, seed=1)
+    tiny = quick.QuickSize(40, 20, 1)
+    monkeypatch.setattr(quick, "QUICK_ROWS", {name: tiny for name in quick.QUICK_ROWS})
+    argv = ["reproduce", "--quick", "--data-root", str(root), "--out", str(tmp_path / "q"),
+            "--no-progress", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "cnn-fmnist2: skipped, no fmnist files" in printed
+    assert "cnn-cifar2: skipped, no cifar10 files" in printed
+    assert "MLP (MNIST2)" in printed and "CNN (MNIST2)" in printed
+    assert "reduced sizes (not the paper's)" in printed
+    for row in ("mlp-mnist2", "cnn-mnist2"):
+        results = json.loads((tmp_path / "q" / row / "results.json").read_text())
+        assert results["n_train"] <= 40 and {r["surrogate"] for r in results["rows"]} == {
+            "paper", "default"
+        }  # fmt: skip
+    assert main(["reproduce", "--data-root", str(root)]) == 2
+    assert "pass --quick" in capsys.readouterr().err

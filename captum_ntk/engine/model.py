@@ -24,6 +24,7 @@ from .parameters import resolve_modules, select_parameters
 #: Keyword inputs a transformers model wrapped in a user module receives from the batch.
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
+
 def extract_logits(out: Any) -> Tensor:
     """The logits tensor of a model output (a Tensor or an object with ``.logits``)."""
     if isinstance(out, Tensor):

@@ -112,5 +112,3 @@ def check_mode(model: nn.Module, eval_mode: bool) -> contextlib.AbstractContextM
             "eval-mode function (the model's flags are restored afterwards)."
         )
     return contextlib.nullcontext()
-
-

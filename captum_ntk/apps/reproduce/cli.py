@@ -40,6 +40,13 @@ def _kernels(text: str) -> tuple[str, ...]:
     return names
 
 
+def _surrogates(text: str) -> tuple[str, ...]:
+    names = tuple(k.strip().lower() for k in text.split(",") if k.strip())
+    if not names or any(n not in ("paper", "default") for n in names):
+        raise argparse.ArgumentTypeError(f"choose from paper, default; got {text!r}")
+    return names
+
+
 def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r"""Adds ``reproduce`` to the subcommands of ``captum-ntk``.
 
@@ -57,7 +64,20 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("row", metavar="ROW", choices=sorted(ROWS), help=", ".join(ROWS))
+    parser.add_argument(
+        "row",
+        metavar="ROW",
+        nargs="?",
+        choices=sorted(ROWS),
+        help=", ".join(ROWS) + " (optional with --quick: all CPU-feasible rows)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the CPU-feasible rows (or ROW) at reduced sizes, in minutes; data looked for "
+        "under --data-root in torchvision's layout (MNIST/, FashionMNIST/, "
+        "cifar-10-batches-py/)",
+    )
     parser.add_argument("--data-root", type=Path, required=True, metavar="DIR")
     parser.add_argument(
         "--seeds",
@@ -95,7 +115,14 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
         type=Path,
         default=None,
         metavar="DIR",
-        help="kernel store folder (reserved until kernel_matrix has store=)",
+        help="folder of trained networks and kernels: a rerun reuses what it holds",
+    )
+    parser.add_argument(
+        "--surrogates",
+        type=_surrogates,
+        default=("paper", "default"),
+        metavar="LIST",
+        help="paper (the authors' kGLM), default (this library's) or both (default: both)",
     )
     parser.add_argument("--epochs", type=_positive, default=None, help="override the epochs")
     parser.add_argument("--lr", type=float, default=None, help="override the learning rate")
@@ -126,7 +153,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     config = ReproduceConfig(
-        row=args.row,
+        row=args.row or "mlp-mnist2",
         data_root=args.data_root,
         seeds=args.seeds,
         kernels=args.kernels,
@@ -144,9 +171,19 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         show_progress=not args.no_progress,
         estimate=not args.no_estimate,
+        surrogates=args.surrogates,
     )
     try:
-        run_reproduce(config)
+        if args.quick:
+            from .quick import QUICK_ROWS, run_quick
+
+            if args.row is not None and args.row not in QUICK_ROWS:
+                raise ValueError(f"--quick runs {', '.join(QUICK_ROWS)}, not {args.row}.")
+            run_quick(config, [args.row] if args.row else None)
+        elif args.row is None:
+            raise ValueError("name a ROW, or pass --quick to run every CPU-feasible row.")
+        else:
+            run_reproduce(config)
     except (FileNotFoundError, ValueError) as error:
         print(f"captum-ntk reproduce: error: {error}", file=sys.stderr)
         return 2

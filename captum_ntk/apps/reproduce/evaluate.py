@@ -9,16 +9,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor, nn
 
 from ...attribution import ATTRIBUTION_CLASSES, NTKAttribution
-from ...kernels import KERNELS, kernel_matrix
+from ...kernels import KERNELS
 from ...metrics import faithfulness, linearization
 from ...surrogate import KernelGLM
 from .data import RowData
+from .protocol import paper_tau
+from .store import RowStore
 
-__all__ = ["KernelResult", "evaluate_kernel", "store_supported", "surrogate_options"]
+__all__ = [
+    "SURROGATES",
+    "KernelResult",
+    "evaluate_kernel",
+    "network_class_one_logits",
+    "surrogate_options",
+]
 
 PROJECTED = ("proj_trntk", "proj_pntk")
 
@@ -33,11 +42,6 @@ class KernelResult:
     glm: KernelGLM
     p_nn: Tensor
     p_surrogate: Tensor
-
-
-def store_supported() -> bool:
-    """Whether this version's ``kernel_matrix`` has a ``store=`` argument."""
-    return "store" in inspect.signature(kernel_matrix).parameters
 
 
 def surrogate_options(attr: NTKAttribution, alpha: float) -> dict[str, Any]:
@@ -76,6 +80,25 @@ def _attribution(
     )
 
 
+#: The surrogates a row reports side by side: the paper's kGLM (fitted to the labels with the
+#: authors' alpha and balanced classes) and this library's default (``fit_surrogate()``).
+SURROGATES = ("paper", "default")
+
+
+def network_class_one_logits(model: nn.Module, data: RowData, device: str | None) -> Tensor | None:
+    r"""The network's (n,) logit of class 1 on the test set for a binary row (one output, or the
+    difference of two), None for more classes."""
+    with torch.no_grad():
+        if data.is_text:
+            out = model(**{k: v.to(device or "cpu") for k, v in data.x_test.items()}).logits
+        else:
+            out = torch.cat([model(x.to(device or "cpu")) for x in data.x_test.split(256)])
+    out = out.double().cpu()
+    if out.dim() == 1 or out.shape[1] == 1:
+        return out.reshape(-1)
+    return out[:, 1] - out[:, 0] if out.shape[1] == 2 else None
+
+
 def evaluate_kernel(
     kernel: str,
     model: nn.Module,
@@ -86,25 +109,30 @@ def evaluate_kernel(
     device: str | None = None,
     batch_size: int = 64,
     projection_dim: int = 10240,
-    store: Path | None = None,
+    row_store: RowStore | None = None,
     show_progress: bool = True,
-) -> KernelResult:
-    r"""Train and test kernels, kGLM, tau_K / TAD / R_miss and the linearization R^2.
+    surrogates: tuple[str, ...] = SURROGATES,
+) -> list[KernelResult]:
+    r"""Train and test kernels, then per surrogate: kGLM, tau_K (both protocols), TAD, R_miss and
+    the linearization R^2.
 
     Args:
         kernel (str): a kernel name (``trntk``, ``proj_pntk``, ...).
         model (nn.Module): the trained network (eval mode).
         data (RowData): the row's data.
-        alpha (float): kGLM L2 strength (scaled by mean(diag K)^2 for unnormalised kernels).
+        alpha (float): the paper surrogate's L2 strength (scaled by mean(diag K)^2 for
+                unnormalised kernels).
         seed (int): seed of the projection.
         device (str, optional): where the kernels are computed.
         batch_size (int): examples per kernel block.
         projection_dim (int): K of the projected kernels.
-        store (Path, optional): kernel store folder, where supported.
+        row_store (RowStore, optional): ``--store``: the kernels (and the projected kernels'
+                features) are read from it when stored, else computed and stored.
         show_progress (bool): progress bars over kernel blocks.
+        surrogates (tuple of str): ``"paper"`` and / or ``"default"`` (see :data:`SURROGATES`).
 
     Returns:
-        KernelResult: the numbers (``row``) and the objects behind them.
+        list of KernelResult: one per surrogate, in the order asked.
     """
     start = time.perf_counter()
     attr = _attribution(
@@ -115,17 +143,50 @@ def evaluate_kernel(
         batch_size=batch_size,
         projection_dim=projection_dim,
         seed=seed,
-        store=store,
+        store=row_store.features(seed, kernel) if row_store and kernel in PROJECTED else None,
     )
-    train_kernel = attr.compute_train_kernel(show_progress=show_progress)
+
+    def compute() -> tuple[Tensor, Tensor]:
+        train = attr.compute_train_kernel(show_progress=show_progress)
+        return train, attr.influence(_test_batch(data), show_progress=show_progress)
+
+    if row_store is None:
+        train_kernel, test_kernel = compute()
+    else:
+        options = {"projection_dim": projection_dim, "seed": seed} if kernel in PROJECTED else {}
+        train_kernel, test_kernel = row_store.kernels(seed, kernel, options, model, compute)
+        attr.train_kernel = train_kernel
+    paper_alpha = alpha
     if not KERNELS[kernel].normalized:
         scale = float(train_kernel.diagonal().double().mean())
-        alpha = alpha * scale**2 if scale > 0 else alpha
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        glm = attr.fit_surrogate(**surrogate_options(attr, alpha))
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    test_kernel = attr.influence(_test_batch(data), show_progress=show_progress)
+        paper_alpha = alpha * scale**2 if scale > 0 else alpha
+    kernel_seconds = time.perf_counter() - start
+    class_one = network_class_one_logits(model, data, device)
+    results = []
+    for surrogate in surrogates:
+        start = time.perf_counter()
+        options = surrogate_options(attr, paper_alpha) if surrogate == "paper" else {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            glm = attr.fit_surrogate(**options)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        row, scores = _faithfulness_row(
+            model, attr, data, glm, test_kernel, class_one, device, seed
+        )
+        row.update(
+            kernel=kernel,
+            surrogate=surrogate,
+            alpha=float(getattr(glm, "alpha_", None) or options.get("alpha", float("nan"))),
+            converged=converged,
+            seconds=kernel_seconds + time.perf_counter() - start,
+        )
+        results.append(
+            KernelResult(row, attr, test_kernel, glm, scores["p_nn"], scores["p_surrogate"])
+        )
+    return results
+
+
+def _faithfulness_row(model, attr, data, glm, test_kernel, class_one, device, seed):
     scores = faithfulness(
         model.to(device or "cpu"),
         attr,
@@ -139,9 +200,15 @@ def evaluate_kernel(
         r2 = linearization(scores["p_surrogate"], scores["p_nn"], seed=seed)
     except ValueError as error:  # too few unsaturated probabilities
         r2 = {"linear": float("nan"), "logistic4": float("nan"), "arctan4": float("nan")}
-        warnings.warn(f"linearization skipped for {kernel}: {error}", stacklevel=2)
+        warnings.warn(f"linearization skipped: {error}", stacklevel=2)
+    tau_paper = float("nan")
+    if class_one is not None:
+        surrogate_scores = glm.decision_function(test_kernel.double())
+        if surrogate_scores.dim() == 2:  # a two-column kGLM: the log-odds of class 1
+            surrogate_scores = surrogate_scores[:, 1] - surrogate_scores[:, 0]
+        tau_paper = paper_tau(class_one, surrogate_scores.cpu())
     row = {
-        "kernel": kernel,
+        "tau_paper": tau_paper,
         "tau": scores["tau"],
         "tad": scores["tad"],
         "r_miss": scores["r_miss"],
@@ -149,11 +216,8 @@ def evaluate_kernel(
         "acc_kglm": scores["acc_surrogate"],
         "r2_linear": r2["linear"],
         "r2_logistic4": r2["logistic4"],
-        "alpha": alpha,
-        "converged": converged,
-        "seconds": time.perf_counter() - start,
     }
-    return KernelResult(row, attr, test_kernel, glm, scores["p_nn"], scores["p_surrogate"])
+    return row, scores
 
 
 def _test_batch(data: RowData) -> Any:

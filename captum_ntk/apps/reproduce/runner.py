@@ -23,9 +23,10 @@ from ...engine.parameters import num_parameters
 from ...kernels import kernel_names
 from .data import RowData, load_row_data
 from .estimate import estimate_seconds, format_duration
-from .evaluate import PROJECTED, KernelResult, evaluate_kernel, store_supported
+from .evaluate import PROJECTED, SURROGATES, KernelResult, evaluate_kernel
 from .report import aggregate, format_summary, write_outputs
 from .rows import PAPER_ALPHA, RowSpec, get_row
+from .store import RowStore
 from .training import train_model
 
 __all__ = ["ReproduceConfig", "run_reproduce"]
@@ -54,6 +55,8 @@ class ReproduceConfig:
         alpha (float): kGLM L2 strength. Default: 1e-4 (the authors' scripts).
         projection_dim (int): K of proj_trntk / proj_pntk. Default: 10240 (the paper's).
         batch_size (int): examples per kernel block. Default: 64.
+        surrogates (tuple of str): "paper" and / or "default" (side by side, see
+                :data:`captum_ntk.apps.reproduce.evaluate.SURROGATES`).
         model_path (Path, optional): local Hugging Face folder of the text rows.
         plots (bool): write figures. show_progress (bool): tqdm bars. estimate (bool): time a
                 few examples first and announce the expected duration.
@@ -74,6 +77,7 @@ class ReproduceConfig:
     alpha: float = PAPER_ALPHA
     projection_dim: int = 10240
     batch_size: int = 64
+    surrogates: tuple[str, ...] = SURROGATES
     model_path: Path | None = None
     plots: bool = True
     show_progress: bool = True
@@ -104,10 +108,10 @@ def _notes(spec: RowSpec, config: ReproduceConfig, data: RowData) -> list[str]:
         )
     if config.checkpoint is not None:
         notes.append(f"network loaded from {config.checkpoint} (not trained here)")
-    if config.store is not None and not store_supported():
+    if config.store is not None:
         notes.append(
-            "--store is reserved: this version's kernel_matrix has no store= argument yet, so "
-            "kernels are kept in memory"
+            f"--store {config.store}: trained networks and kernel matrices are read from it when "
+            "stored for the same data, recipe and network state, else computed and stored"
         )
     notes.append(
         f"kGLM: captum_ntk KernelGLM, alpha {config.alpha:g} (scaled by mean(diag K)^2 for "
@@ -117,7 +121,7 @@ def _notes(spec: RowSpec, config: ReproduceConfig, data: RowData) -> list[str]:
 
 
 def _trained(
-    spec: RowSpec, config: ReproduceConfig, data: RowData, seed: int
+    spec: RowSpec, config: ReproduceConfig, data: RowData, seed: int, row_store: RowStore | None
 ) -> tuple[nn.Module, float]:
     model, _ = _network(spec, config, seed)
     start = time.perf_counter()
@@ -132,15 +136,22 @@ def _trained(
             epochs=config.epochs if config.epochs is not None else spec.train.epochs,
             lr=config.lr if config.lr is not None else spec.train.lr,
         )
-        train_model(
-            model,
-            data.x_train,
-            data.y_train,
-            settings,
-            seed=seed,
-            device=config.device,
-            show_progress=config.show_progress,
-        )
+
+        def train() -> None:
+            train_model(
+                model,
+                data.x_train,
+                data.y_train,
+                settings,
+                seed=seed,
+                device=config.device,
+                show_progress=config.show_progress,
+            )
+
+        if row_store is None:
+            train()
+        else:
+            row_store.network(seed, settings, model, train)
     return model.to(config.device).eval(), time.perf_counter() - start
 
 
@@ -175,9 +186,9 @@ def _announce(spec: RowSpec, config: ReproduceConfig, data: RowData, log: Callab
 
 
 def _seed_run(
-    spec, config, data, seed, kernels, out, log
+    spec, config, data, seed, kernels, out, log, row_store
 ) -> tuple[list[dict], list[str], list[str]]:
-    model, train_seconds = _trained(spec, config, data, seed)
+    model, train_seconds = _trained(spec, config, data, seed, row_store)
     pred = _predictions(model, data, config.device)
     chance = float(torch.bincount(data.y_test).max()) / len(data.y_test)
     accuracy = float((pred == data.y_test).double().mean())
@@ -190,7 +201,7 @@ def _seed_run(
     for kernel in tqdm(
         kernels, desc=f"seed {seed} kernels", disable=not config.show_progress, leave=False
     ):
-        result: KernelResult = evaluate_kernel(
+        results: list[KernelResult] = evaluate_kernel(
             kernel,
             model,
             data,
@@ -199,27 +210,35 @@ def _seed_run(
             device=config.device,
             batch_size=config.batch_size,
             projection_dim=_projection_dim(config, model),
-            store=None if config.store is None else config.store / f"seed{seed}" / kernel,
+            row_store=row_store,
+            surrogates=config.surrogates,
             show_progress=config.show_progress,
         )
-        row = {
-            "seed": seed,
-            "train_seconds": train_seconds,
-            "num_parameters": num_parameters(model),
-            **result.row,
-        }
-        rows.append(row)
-        log(
-            f"[{spec.name}] seed {seed} {kernel:<10} tau_K {row['tau']:.3f}  TAD "
-            f"{row['tad']:+.3f}  acc NN {row['acc_nn']:.3f}  ({row['seconds']:.1f} s)"
-        )
+        for result in results:
+            row = {
+                "seed": seed,
+                "train_seconds": train_seconds,
+                "num_parameters": num_parameters(model),
+                **result.row,
+            }
+            rows.append(row)
+            log(
+                f"[{spec.name}] seed {seed} {kernel:<10} {row['surrogate']:<8} tau_K (paper "
+                f"protocol) {row['tau_paper']:.3f}  tau_K (correct class) {row['tau']:.3f}  TAD "
+                f"{row['tad']:+.3f}  R_miss {_fmt(row['r_miss'])}  acc NN {row['acc_nn']:.3f}"
+            )
         if seed == 0 and kernel == kernels[0] and config.plots:
             from .figures import row_figures, text_exemplars
 
+            result = results[0]
             figures = row_figures(spec.name, result, data, pred, spec.class_names, out)
             if data.is_text:
                 text_lines = text_exemplars(result, data, pred)
     return rows, figures, text_lines
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def _projection_dim(config: ReproduceConfig, model: nn.Module) -> int:
@@ -255,13 +274,18 @@ def run_reproduce(config: ReproduceConfig, log: Callable[[str], None] | None = N
     for note in notes:
         log(f"[{spec.name}] note: {note}")
     estimate = _announce(spec, config, data, log) if config.estimate else None
+    row_store = None if config.store is None else RowStore(config.store, spec.name, data)
     rows, figures, text_lines = [], [], []
     for seed in tqdm(
         range(config.seeds), desc=f"{spec.name} seeds", disable=not config.show_progress
     ):
-        seed_rows, seed_figures, seed_text = _seed_run(spec, config, data, seed, kernels, out, log)
+        seed_rows, seed_figures, seed_text = _seed_run(
+            spec, config, data, seed, kernels, out, log, row_store
+        )
         rows += seed_rows
         figures, text_lines = figures or seed_figures, text_lines or seed_text
+    if row_store is not None and row_store.reused:
+        notes.append("reused from --store: " + "; ".join(row_store.reused))
     summary = aggregate(rows, spec.paper)
     results = {
         "row": spec.name,

@@ -1,0 +1,38 @@
+"""The authors' tau_K protocol (class-1 scores, saturated network probabilities dropped)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy import stats
+
+from captum_ntk.apps.reproduce.protocol import class_one_scores, paper_tau
+
+
+def test_paper_tau_is_kendall_of_class_one_scores_without_saturated_examples() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, generator=gen, dtype=torch.float64) * 3
+    logits[:5] = torch.tensor([40.0, -40.0, 30.0, -25.0, 18.0], dtype=torch.float64)  # saturated
+    scores = logits + torch.randn(40, generator=gen, dtype=torch.float64)
+    p32 = torch.sigmoid(logits.float())
+    keep = ((p32 > 0) & (p32 < 1)).numpy()
+    assert keep.sum() < 40  # the test has saturated examples to drop
+    expected = stats.kendalltau(torch.sigmoid(logits).numpy()[keep], scores.numpy()[keep])
+    assert math.isclose(paper_tau(logits, scores), expected.statistic, rel_tol=1e-12)
+
+
+def test_class_one_scores_and_the_gap_between_the_protocols() -> None:
+    """Both models right on every example: class-1 scores rank every cross-class pair alike,
+    while correct-class probabilities can disagree on the order within the saturated band."""
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    nn_logit = torch.tensor([-9.0, -8.0, -7.0, 7.0, 8.0, 9.0], dtype=torch.float64)
+    glm_logit = torch.tensor([-1.0, -2.0, -3.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    p_correct = torch.sigmoid(torch.where(labels == 1, nn_logit, -nn_logit))
+    assert torch.allclose(class_one_scores(p_correct, labels), torch.sigmoid(nn_logit))
+    g_correct = torch.sigmoid(torch.where(labels == 1, glm_logit, -glm_logit))
+    correct_class_tau = stats.kendalltau(p_correct.numpy(), g_correct.numpy()).statistic
+    assert correct_class_tau < 0  # within-class orders reversed
+    # 9 cross-class pairs concordant, 6 within-class pairs discordant: (9 - 6) / 15
+    assert math.isclose(paper_tau(nn_logit, glm_logit), 0.2, rel_tol=1e-12)
+    assert math.isnan(paper_tau(torch.tensor([50.0, -50.0]), torch.tensor([1.0, -1.0])))
