@@ -149,3 +149,45 @@ def test_quick_runs_the_rows_whose_data_it_finds(tmp_path, capsys, monkeypatch):
         }  # fmt: skip
     assert main(["reproduce", "--data-root", str(root)]) == 2
     assert "pass --quick" in capsys.readouterr().err
+
+
+def test_lds_of_both_surrogates_against_retrained_networks(mnist_root, tmp_path):
+    store = tmp_path / "store"
+    argv = [
+        "reproduce", "mlp-mnist2", "--data-root", str(mnist_root), "--n-train", "40",
+        "--n-test", "20", "--epochs", "2", "--out", str(tmp_path / "a"), "--store", str(store),
+        "--lds-subsets", "6", "--no-progress", "--no-estimate", "--no-plots", "--threads", "1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    lds = [r["lds"] for r in results["rows"]]
+    assert len(lds) == 2 and all(-1 <= v <= 1 for v in lds)
+    assert len(list((store / "lds" / "seed0").glob("*.json"))) >= 6  # cached retrainings
+    assert "LDS" in (tmp_path / "a" / "report.md").read_text()
+    # a rerun reads the cached ground truth: same LDS
+    argv[argv.index(str(tmp_path / "a"))] = str(tmp_path / "b")
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [r["lds"] for r in again["rows"]] == lds
+
+
+def test_correct_class_scores_follow_the_one_logit_sign():
+    from types import SimpleNamespace
+
+    import torch
+
+    from captum_ntk.apps.reproduce.lds import correct_class_scores
+
+    kernel = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
+    one = SimpleNamespace(glm=SimpleNamespace(coef_=torch.tensor([[1.0, -1.0, 2.0]])),
+                          test_kernel=kernel)  # fmt: skip
+    scores = correct_class_scores(one, torch.tensor([1, 0]))
+    assert torch.equal(
+        scores, torch.tensor([[1.0, -2.0, 6.0], [-4.0, 5.0, -12.0]], dtype=torch.float64)
+    )
+    two = SimpleNamespace(glm=SimpleNamespace(coef_=torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])),
+                          test_kernel=kernel)  # fmt: skip
+    assert torch.equal(
+        correct_class_scores(two, torch.tensor([1, 0]))[0],
+        torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64),
+    )

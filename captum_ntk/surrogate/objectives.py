@@ -189,7 +189,12 @@ class SquaredSystem:
         if scaled_alpha > 0:
             gram = self.gram.clone()
             gram.diagonal().add_(scaled_alpha)
-            coef_t = torch.linalg.solve(gram, self.rhs)
+            # symmetric positive definite: Cholesky (half of LU's cost), LU if rounding says no
+            factor, info = torch.linalg.cholesky_ex(gram)
+            if int(info) == 0:
+                coef_t = torch.cholesky_solve(self.rhs, factor)
+            else:
+                coef_t = torch.linalg.solve(gram, self.rhs)
         else:
             coef_t = torch.linalg.pinv(self.gram, hermitian=True) @ self.rhs
         coef = coef_t.T / self.scale

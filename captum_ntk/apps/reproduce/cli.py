@@ -124,6 +124,14 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
         metavar="LIST",
         help="paper (the authors' kGLM), default (this library's) or both (default: both)",
     )
+    parser.add_argument(
+        "--lds-subsets",
+        type=int,
+        default=0,
+        metavar="M",
+        help="LDS of each surrogate against M networks retrained on random halves (default: "
+        "0, off; retrains M networks: use with --quick or a small --n-train)",
+    )
     parser.add_argument("--epochs", type=_positive, default=None, help="override the epochs")
     parser.add_argument("--lr", type=float, default=None, help="override the learning rate")
     parser.add_argument("--alpha", type=float, default=None, help="kGLM L2 (default: 1e-4)")
@@ -172,6 +180,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
         estimate=not args.no_estimate,
         surrogates=args.surrogates,
+        lds_subsets=args.lds_subsets,
     )
     try:
         if args.quick:

@@ -27,17 +27,19 @@ __all__ = ["QUICK_ROWS", "QuickSize", "find_data_root", "run_quick"]
 
 @dataclass(frozen=True)
 class QuickSize:
-    """Reduced sizes of a row: training / test examples (balanced) and epochs."""
+    """Reduced sizes of a row: training / test examples (balanced), epochs, and the retrained
+    networks of its LDS ground truth (0: no LDS)."""
 
     n_train: int
     n_test: int
     epochs: int
+    lds_subsets: int = 0
 
 
 #: The CPU-feasible rows and their quick sizes (measured to fit 10 minutes together on a 2-core
 #: CPU: BENCHMARKS.md, "Reproductions").
 QUICK_ROWS: dict[str, QuickSize] = {
-    "mlp-mnist2": QuickSize(1000, 400, 20),
+    "mlp-mnist2": QuickSize(1000, 400, 20, lds_subsets=32),
     "cnn-mnist2": QuickSize(1000, 400, 10),
     "cnn-cifar2": QuickSize(1000, 400, 5),
     "cnn-fmnist2": QuickSize(1000, 400, 5),
@@ -105,6 +107,7 @@ def run_quick(
             n_train=size.n_train,
             n_test=size.n_test,
             epochs=size.epochs,
+            lds_subsets=size.lds_subsets if base.lds_subsets == 0 else base.lds_subsets,
             out=out / name,
             plots=False,
             estimate=False,

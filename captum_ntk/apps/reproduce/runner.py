@@ -8,6 +8,7 @@ r"""``captum-ntk reproduce ROW``: train (or load) the paper's network, fit kGLMs
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -24,10 +25,11 @@ from ...kernels import kernel_names
 from .data import RowData, load_row_data
 from .estimate import estimate_seconds, format_duration
 from .evaluate import PROJECTED, SURROGATES, KernelResult, evaluate_kernel
+from .lds import row_lds
 from .report import aggregate, format_summary, write_outputs
 from .rows import PAPER_ALPHA, RowSpec, get_row
 from .store import RowStore
-from .training import train_model
+from .training import TrainSettings, train_model
 
 __all__ = ["ReproduceConfig", "run_reproduce"]
 
@@ -57,6 +59,8 @@ class ReproduceConfig:
         batch_size (int): examples per kernel block. Default: 64.
         surrogates (tuple of str): "paper" and / or "default" (side by side, see
                 :data:`captum_ntk.apps.reproduce.evaluate.SURROGATES`).
+        lds_subsets (int): M > 0 adds the LDS of the first kernel's surrogates against M
+                retrained networks (:mod:`captum_ntk.apps.reproduce.lds`). Default: 0 (off).
         model_path (Path, optional): local Hugging Face folder of the text rows.
         plots (bool): write figures. show_progress (bool): tqdm bars. estimate (bool): time a
                 few examples first and announce the expected duration.
@@ -78,6 +82,7 @@ class ReproduceConfig:
     projection_dim: int = 10240
     batch_size: int = 64
     surrogates: tuple[str, ...] = SURROGATES
+    lds_subsets: int = 0
     model_path: Path | None = None
     plots: bool = True
     show_progress: bool = True
@@ -131,11 +136,7 @@ def _trained(
             raise FileNotFoundError(f"checkpoint {path} does not exist.")
         model.load_state_dict(torch.load(path, map_location="cpu"))
     else:
-        settings = replace(
-            spec.train,
-            epochs=config.epochs if config.epochs is not None else spec.train.epochs,
-            lr=config.lr if config.lr is not None else spec.train.lr,
-        )
+        settings = _settings(spec, config)
 
         def train() -> None:
             train_model(
@@ -153,6 +154,15 @@ def _trained(
         else:
             row_store.network(seed, settings, model, train)
     return model.to(config.device).eval(), time.perf_counter() - start
+
+
+def _settings(spec: RowSpec, config: ReproduceConfig) -> TrainSettings:
+    """The row's recipe with the run's --epochs / --lr overrides."""
+    return replace(
+        spec.train,
+        epochs=config.epochs if config.epochs is not None else spec.train.epochs,
+        lr=config.lr if config.lr is not None else spec.train.lr,
+    )
 
 
 def _predictions(model: nn.Module, data: RowData, device: str) -> torch.Tensor:
@@ -214,18 +224,25 @@ def _seed_run(
             surrogates=config.surrogates,
             show_progress=config.show_progress,
         )
-        for result in results:
+        lds = [math.nan] * len(results)
+        if config.lds_subsets > 0 and kernel == kernels[0]:
+            cache = None if config.store is None else Path(config.store) / "lds" / f"seed{seed}"
+            lds = row_lds(spec, _settings(spec, config), data, results, config.lds_subsets,
+                          seed=seed, device=config.device, cache_dir=cache, log=log)  # fmt: skip
+        for result, value in zip(results, lds, strict=True):
             row = {
                 "seed": seed,
                 "train_seconds": train_seconds,
                 "num_parameters": num_parameters(model),
                 **result.row,
+                "lds": value,
             }
             rows.append(row)
             log(
                 f"[{spec.name}] seed {seed} {kernel:<10} {row['surrogate']:<8} tau_K (paper "
                 f"protocol) {row['tau_paper']:.3f}  tau_K (correct class) {row['tau']:.3f}  TAD "
-                f"{row['tad']:+.3f}  R_miss {_fmt(row['r_miss'])}  acc NN {row['acc_nn']:.3f}"
+                f"{row['tad']:+.3f}  R_miss {_fmt(row['r_miss'])}  acc NN {row['acc_nn']:.3f}  LDS "
+                f"{_fmt(row['lds'])}"
             )
         if seed == 0 and kernel == kernels[0] and config.plots:
             from .figures import row_figures, text_exemplars
