@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from ...kernels import kernel_matrix
+from ...engine.data.inputs import ModelInputs
+from ...engine.modes import check_mode
+from ...kernels import build_feature_map, kernel_matrix
 from .data import RowData
 from .training import TrainSettings, train_model
 
@@ -46,15 +48,41 @@ def _kernel_seconds(model: nn.Module, inputs: Any, m: int, device: str) -> float
     return time.perf_counter() - start
 
 
+def _train_seconds(model: nn.Module, data: RowData, settings: TrainSettings, steps: int,
+                   device: str) -> float:  # fmt: skip
+    n = min(len(data.y_train), steps * settings.batch_size)
+    probe = TrainSettings(settings.optimizer, settings.lr, 1, settings.batch_size, settings.loss)
+    start = time.perf_counter()
+    train_model(
+        model, _slice(data.x_train, n), data.y_train[:n], probe, device=device, show_progress=False
+    )
+    return time.perf_counter() - start
+
+
+def _pair_seconds(model: nn.Module, inputs: Any, m: int, device: str) -> float:
+    """Seconds per pair of the exact trNTK's contraction, timed on the features of m examples."""
+    with check_mode(model, True):
+        fmap = build_feature_map(model, "trntk", device=device, memory_limit=16 * 2**30)
+        feats = fmap(ModelInputs.from_user(_slice(inputs, m)))
+        fmap.inner(feats, feats)  # warm-up
+        reps, start = 3, time.perf_counter()
+        for _ in range(reps):
+            fmap.inner(feats, feats)
+    return (time.perf_counter() - start) / (reps * m * m)
+
+
 def estimate_seconds(
     model: nn.Module, data: RowData, settings: TrainSettings, device: str
 ) -> dict[str, float]:
     r"""Extrapolated seconds of training and of the exact trNTK for the row's sizes.
 
-    Training: the time of two optimiser steps (after one warm-up step) times the number of
-    steps. Kernel: ``t(m) = a m + b m^2`` fitted to the exact trNTK of m = 4 and 8 examples,
-    evaluated at ``N = n_train + n_test`` (per-example Jacobians plus pairwise contractions).
-    Rough by design: a guide for choosing ``--device`` and ``--n-train``.
+    Training: the time per optimiser step is the slope between a 5-step and a 45-step epoch
+    (after a warm-up), so the fixed cost of a training call does not count once per step;
+    times the number of steps. Kernel: a cost per example (the slope of the exact trNTK's time
+    between 8 and 32 examples, less their pairs, so set-up and probes are paid once) times
+    ``n_train + n_test``, plus a cost per pair (the feature map's contraction timed on 32
+    examples' features) times the pairs computed (the symmetric train kernel's upper triangle
+    and test x train). Rough by design: a guide for choosing ``--device`` and ``--n-train``.
 
     Args:
         model (nn.Module): an untrained copy of the row's network (it is trained a little).
@@ -66,28 +94,21 @@ def estimate_seconds(
         dict: ``{"train": s, "kernel": s, "total": s}``.
     """
     n = len(data.y_train)
-    probe = TrainSettings(settings.optimizer, settings.lr, 1, settings.batch_size, settings.loss)
-    sub = min(n, 3 * settings.batch_size)
-    warm = TrainSettings(settings.optimizer, settings.lr, 1, settings.batch_size, settings.loss)
-    train_model(
-        model, _slice(data.x_train, 2), data.y_train[:2], warm, device=device, show_progress=False
-    )
-    start = time.perf_counter()
-    train_model(
-        model,
-        _slice(data.x_train, sub),
-        data.y_train[:sub],
-        probe,
-        device=device,
-        show_progress=False,
-    )
-    steps_timed = -(-sub // settings.batch_size)
-    per_step = (time.perf_counter() - start) / steps_timed
+    _train_seconds(model, data, settings, 1, device)  # warm-up
+    short, long = 5, 45  # the fastest of two timings each: a busy machine only slows them
+    t_short = min(_train_seconds(model, data, settings, short, device) for _ in range(2))
+    t_long = min(_train_seconds(model, data, settings, long, device) for _ in range(2))
+    steps_long = min(long, -(-n // settings.batch_size))
+    per_step = max(t_long - t_short, 0.0) / max(steps_long - short, 1)
+    if per_step == 0.0:
+        per_step = t_long / max(steps_long, 1)
     train = per_step * settings.epochs * -(-n // settings.batch_size)
-    t4 = _kernel_seconds(model, data.x_train, 4, device)
     t8 = _kernel_seconds(model, data.x_train, 8, device)
-    b = max((t8 - 2 * t4) / 32.0, 0.0)  # t(8) - 2 t(4) = 32 b
-    a = max((t4 - 16 * b) / 4.0, 0.0)
-    total_n = n + len(data.y_test)
-    kernel = a * total_n + b * total_n**2
+    t32 = _kernel_seconds(model, data.x_train, 32, device)
+    per_pair = _pair_seconds(model, data.x_train, 32, device)
+    # per example: the slope between 8 and 32 examples, less their pairs (set-up paid once)
+    per_example = max((t32 - t8 - per_pair * (32**2 - 8**2) / 2) / 24, 0.0)
+    n_test = len(data.y_test)
+    pairs = n * (n + 1) / 2 + n_test * n  # the symmetric train kernel, then test x train
+    kernel = per_example * (n + n_test) + per_pair * pairs
     return {"train": train, "kernel": kernel, "total": train + kernel}
