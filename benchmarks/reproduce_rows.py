@@ -1,9 +1,10 @@
 """Time and peak memory of each ``captum-ntk reproduce`` row on synthetic data of the real size.
 
-Full rows do not fit a small CPU (the MNIST2 MLP alone trains 250,000 SGD steps), so for each
-row this script times a few training steps and the exact trNTK of 4 and 8 examples on inputs
-of the row's real shape and count, and extrapolates (``estimate_seconds``: steps x time per
-step; ``a N + b N^2`` for the kernel). It also runs the MLP row end to end at a small size
+Full rows do not all fit a small CPU, so for each row this script times a few training steps
+and the exact trNTK of 8 and 32 examples (and the contraction of 32 examples' features) on
+inputs of the row's real shape and count, and extrapolates (``estimate_seconds``: steps x time
+per step; per-example cost x N plus per-pair cost x pairs for the kernel). It also runs the MLP
+row end to end at a small size
 (--n-train 200 --n-test 100 --epochs 5) and reports that measured time. Peak memory is the
 process's maximum resident set size (``resource.getrusage``), which only grows.
 

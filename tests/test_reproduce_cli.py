@@ -76,7 +76,7 @@ def test_mlp_mnist2_end_to_end(mnist_root, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| MLP (MNIST2) | trntk | paper | 2 |" in report and "0.708" in report
     assert "| MLP (MNIST2) | trntk | default | 2 |" in report
-    assert "within 0.03" in report or "OUTSIDE" in report
+    assert "reduced setting" in report  # --n-train / --epochs: no verdict against the paper
     for figure in results["figures"]:
         assert (out / figure).stat().st_size > 1000 and f"]({figure})" in report
     assert "mlp-mnist2_linearization.png" in results["figures"]

@@ -36,3 +36,16 @@ def test_class_one_scores_and_the_gap_between_the_protocols() -> None:
     # 9 cross-class pairs concordant, 6 within-class pairs discordant: (9 - 6) / 15
     assert math.isclose(paper_tau(nn_logit, glm_logit), 0.2, rel_tol=1e-12)
     assert math.isnan(paper_tau(torch.tensor([50.0, -50.0]), torch.tensor([1.0, -1.0])))
+
+
+def test_verdict_against_the_paper() -> None:
+    from captum_ntk.apps.reproduce.report import format_summary, versus_paper
+
+    assert versus_paper(0.703, 0.708) == "within 0.03"
+    assert versus_paper(0.283, 0.708) == "OUTSIDE (-0.425)"
+    assert versus_paper(float("nan"), 0.708) == "n/a" and versus_paper(0.5, None) == "n/a"
+    entry = {"kernel": "trntk", "surrogate": "paper", "n_seeds": 1, "paper_tau": 0.708}
+    for metric in ("tau_paper", "tau", "tad", "r_miss", "acc_nn", "r2_linear", "lds"):
+        entry[f"{metric}_mean"], entry[f"{metric}_se"] = 0.283, float("nan")
+    assert "OUTSIDE (-0.425)" in format_summary("MLP (MNIST2)", [entry])
+    assert "reduced setting" in format_summary("MLP (MNIST2)", [{**entry, "reduced": True}])

@@ -93,7 +93,7 @@ def format_summary(title: str, summary: list[dict[str, Any]], markdown: bool = F
                 str(s["n_seeds"]),
                 _pm(s["tau_paper_mean"], s["tau_paper_se"], "{:.3f}"),
                 f"{paper:.3f}" if paper is not None else "not recorded",
-                versus_paper(s["tau_paper_mean"], paper),
+                "reduced setting" if s.get("reduced") else versus_paper(s["tau_paper_mean"], paper),
                 _pm(s["tau_mean"], s["tau_se"], "{:.3f}"),
                 _pm(s["tad_mean"], s["tad_se"], "{:+.3f}"),
                 _pm(s["r_miss_mean"], s["r_miss_se"], "{:.3f}"),
