@@ -214,7 +214,9 @@ class KroneckerBlocks(GramBlocks):
 
 def _kroneckerable(rule) -> bool:
     module = rule.module
-    return isinstance(rule, AffineRule) and getattr(module, "groups", 1) == 1
+    return (
+        isinstance(rule, AffineRule) and not rule.transposed and getattr(module, "groups", 1) == 1
+    )
 
 
 class KroneckerFeatures(FeatureMap):

@@ -79,10 +79,13 @@ class LayerRule:
 class AffineRule(LayerRule):
     r"""Linear, Conv1d and Conv2d: weight (out, in/g, *k) and optional bias (out,)."""
 
+    #: the weight is stored (in, out) (GPT-2's ``Conv1D``) instead of (out, in)
+    transposed = False
+
     def _patches(self, x: Tensor) -> Tensor | None:
         """The input as (B, g, T, x): positions T, per-group input vectors x."""
         m = self.module
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) or self.transposed:
             if x.dim() < 2:
                 return None
             return x.detach().reshape(x.shape[0], 1, -1, x.shape[-1]).clone()
@@ -107,7 +110,7 @@ class AffineRule(LayerRule):
     def _delta(self, delta: Tensor) -> Tensor:
         """(K, B, *output) -> (B, K, g, T, o)."""
         k, b = delta.shape[:2]
-        if isinstance(self.module, nn.Linear):
+        if isinstance(self.module, nn.Linear) or self.transposed:
             return delta.reshape(k, b, 1, -1, delta.shape[-1]).permute(1, 0, 2, 3, 4)
         g = self.module.groups
         d = delta.reshape(k, b, g, delta.shape[2] // g, -1)
@@ -119,10 +122,7 @@ class AffineRule(LayerRule):
         if self.use_gram:
             flat = d.permute(0, 2, 3, 1, 4).reshape(b, g, t, k * o)
             return GramPiece(captured, flat, k, self.bias)
-        parts = [torch.einsum("bgtx,bkgto->bkgox", captured, d).reshape(b, k, -1)]
-        if self.bias:
-            parts.append(d.sum(3).reshape(b, k, -1))
-        return torch.cat(parts, dim=2)
+        return torch.cat(self.materialised(captured, delta), dim=2)
 
     def materialised(self, captured: Tensor, delta: Tensor) -> list[Tensor]:
         """Weight (B, K, g o x) and bias (B, K, g o) gradients, never concatenated."""
@@ -132,6 +132,8 @@ class AffineRule(LayerRule):
             weight = d[:, :, :, 0, :, None] * captured[:, None, :, 0, None, :]
         else:
             weight = torch.einsum("bgtx,bkgto->bkgox", captured, d)
+        if self.transposed:  # stored (in, out): the gradient in the parameter's own layout
+            weight = weight.transpose(-1, -2)
         parts = [weight.reshape(b, k, -1)]
         if self.bias:
             parts.append(d.sum(3).reshape(b, k, -1))
@@ -139,15 +141,35 @@ class AffineRule(LayerRule):
 
     def weighted_grad(self, captured: Tensor, delta: Tensor, weights: Tensor) -> Tensor:
         d = self._delta(delta)
-        parts = [torch.einsum("bgtx,bkgto,bk->gox", captured, d, weights).reshape(-1)]
+        layout = "gxo" if self.transposed else "gox"
+        parts = [torch.einsum(f"bgtx,bkgto,bk->{layout}", captured, d, weights).reshape(-1)]
         if self.bias:
             parts.append(torch.einsum("bkgto,bk->go", d, weights).reshape(-1))
         return torch.cat(parts)
 
     def costs(self, captured: Tensor, num_logits: int) -> tuple[float, float]:
         _, g, t, x = captured.shape
-        out = self.module.weight.shape[0] // g
+        out = self.module.weight.shape[1 if self.transposed else 0] // g
         return g * t * t * (x + num_logits * out), g * num_logits * out * x
+
+
+class TransposedAffineRule(AffineRule):
+    r"""GPT-2's ``transformers.pytorch_utils.Conv1D``: ``y = x W + b`` with W stored (in, out),
+    a Linear layer whose weight gradient is laid out transposed."""
+
+    transposed = True
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a Conv1D of transformers (checked by shape, not by import)."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(weight, Tensor)
+        and weight.dim() == 2
+        and weight.shape[1] == module.nf
+    )
 
 
 class EmbeddingRule(LayerRule):
@@ -271,6 +293,8 @@ def make_rule(
     names = [selected["weight"]] + ([selected["bias"]] if bias else [])
     if isinstance(module, nn.Linear):
         return AffineRule(name, module, names, bias)
+    if is_transposed_linear(module):
+        return TransposedAffineRule(name, module, names, bias)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
             return None
