@@ -19,6 +19,7 @@ import pytest
 import reference as ref
 import torch
 import torch.nn.functional as F
+from models import _randomise as randomise_parameters
 from torch import Tensor, nn
 
 import captum_ntk as cn
@@ -33,11 +34,8 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _randomise(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
-    gen = _gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return model.double().eval()
+    """Seeded N(0, scale^2) float64 parameters, eval mode (tests/models.py's helper)."""
+    return randomise_parameters(model.double(), seed, scale).eval()
 
 
 def _tokens(n: int, seed: int, length: int = 5, vocab: int = 11) -> Tensor:
