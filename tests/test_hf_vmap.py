@@ -417,14 +417,11 @@ def _has_sdpa_bert():
     return True
 
 
-def test_vmap_safe_rejects_training_decoders_and_causal_models(minilm):
+def test_vmap_safe_rejects_training_and_encoder_decoders_and_accepts_decoders(minilm):
     tokenizer = minilm[1]
     model = tiny_bert(tokenizer)
     model.train()
     with pytest.raises(ValueError, match="eval"), hf.vmap_safe(model):
-        pass
-    decoder = tiny_bert(tokenizer, is_decoder=True)
-    with pytest.raises(ValueError, match="decoder"), hf.vmap_safe(decoder):
         pass
     with pytest.raises(TypeError, match="PreTrainedModel"), hf.vmap_safe(torch.nn.Linear(2, 2)):
         pass
@@ -432,6 +429,18 @@ def test_vmap_safe_rejects_training_decoders_and_causal_models(minilm):
     with pytest.raises(TypeError, match="logits"), hf.vmap_safe(encoder_only):
         pass
     torch.manual_seed(0)
+    bart = transformers.BartForSequenceClassification(
+        transformers.BartConfig(
+            vocab_size=50, d_model=8, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+            decoder_ffn_dim=16, max_position_embeddings=16,
+        )
+    ).eval()  # fmt: skip
+    with pytest.raises(ValueError, match="encoder-decoder"), hf.vmap_safe(bart):
+        pass
+    # causal decoders: the probe (padded under vmap == unpadded) passes with causal masks
+    decoder = tiny_bert(tokenizer, is_decoder=True)
+    hf.check_vmap_compatibility(decoder)
     gpt2 = transformers.GPT2ForSequenceClassification(
         transformers.GPT2Config(
             vocab_size=50,
@@ -445,8 +454,7 @@ def test_vmap_safe_rejects_training_decoders_and_causal_models(minilm):
             attn_implementation="eager",
         )
     ).eval()
-    with pytest.raises(ValueError, match="causal attention"):
-        hf.check_vmap_compatibility(gpt2)
+    hf.check_vmap_compatibility(gpt2)
 
 
 # ----------------------------------------------------------------------------- per-layer masks

@@ -12,7 +12,8 @@ takes ``dtype=torch.float32``), so padded and unpadded runs of the same sentence
 float32 rounding; ModernBERT is checked to 1e-6 (a dropped sliding window gives ~1e-4 here).
 ModernBERT's sentences are longer than its local attention window (8 tokens), so its local layers'
 window is exercised; both classifier poolings (``cls``, ``mean``) and an all-global variant are
-covered. Decoders (GPT-2, Llama) are refused.
+covered. Decoder classifiers (GPT-2, Llama, Qwen2, Mistral with a sliding window) are checked on
+their gradient kernels, pooled at the last real token, with right and left padding.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import Tensor, nn  # noqa: E402
 transformers = pytest.importorskip("transformers")
 
 import captum_ntk as cn  # noqa: E402
+from captum_ntk.integrations.huggingface.vmap import computes_in_float32  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -281,43 +283,99 @@ def test_modernbert_sentences_exceed_the_window() -> None:
     assert max(LENGTHS2) > model.config.sliding_window + 1
 
 
-def _decoders() -> dict[str, nn.Module]:
+_DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=8,
+    intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=40,
+    pad_token_id=0,
+    num_labels=3,
+    attn_implementation="eager",
+)
+
+
+def _decoder_configs() -> dict[str, tuple[type, object]]:
+    """Tiny random decoder classifiers: GPT-2 (Conv1D, learned positions), Llama, Qwen2 and
+    Mistral (rotary, grouped-query attention; Mistral with a sliding window shorter than the
+    longest sentence)."""
     T = transformers
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        gpt2 = T.GPT2ForSequenceClassification(
+    configs = {
+        "gpt2": (
+            T.GPT2ForSequenceClassification,
             T.GPT2Config(
                 vocab_size=VOCAB,
                 n_positions=40,
                 n_embd=8,
-                n_layer=1,
+                n_layer=2,
                 n_head=2,
                 pad_token_id=0,
-                num_labels=2,
+                num_labels=3,
                 attn_implementation="eager",
-            )
-        )
-        llama = T.LlamaForSequenceClassification(
-            T.LlamaConfig(
-                vocab_size=VOCAB,
-                hidden_size=8,
-                intermediate_size=16,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                max_position_embeddings=40,
-                pad_token_id=0,
-                num_labels=2,
-                attn_implementation="eager",
-            )
-        )
-    return {"gpt2": gpt2.eval().double(), "llama": llama.eval().double()}  # fmt: skip
+            ),
+        ),  # fmt: skip
+        "llama": (T.LlamaForSequenceClassification, T.LlamaConfig(**_DECODER)),
+        "qwen2": (T.Qwen2ForSequenceClassification, T.Qwen2Config(**_DECODER)),
+        "mistral": (
+            T.MistralForSequenceClassification,
+            T.MistralConfig(**_DECODER, sliding_window=6),
+        ),
+    }
+    return {k: v for k, v in configs.items() if v[0] is not None}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
-@pytest.mark.parametrize("kernel", ["trntk", "ck"])
-def test_decoders_are_refused(name: str, kernel: str) -> None:
-    model = _decoders()[name]
-    batch = padded(model, sentences((4, 6), 0), "right")
-    with pytest.raises(ValueError, match="causal attention|decoder"):
-        cn.kernel_matrix(model, batch, kernel=kernel)
+@functools.cache
+def decoder_model(name: str) -> nn.Module:
+    cls, config = _decoder_configs()[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sum(map(ord, name)))
+        return cls(config).eval().double()
+
+
+DECODER_KERNELS = ("trntk", "pntk", "proj_trntk")
+
+#: Llama, Qwen2 and Mistral take the attention softmax in float32 (``softmax(..., dtype=float32)``
+#: in their eager attention) even for a float64 model; a padded run sums over more (masked, zero)
+#: keys than the unpadded one, so the two agree to float32 rounding of the attention weights,
+#: about 1e-8 relative on these kernels (measured: 1e-10 to 1e-8). GPT-2 is float64 throughout.
+TOL_FLOAT32_SOFTMAX = 2e-8
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral"])
+def test_decoder_kernels_equal_unpadded_loop(name: str, side: str) -> None:
+    """Causal decoders pooled at the last real token: padded batches (either side) give the
+    kernels of the unpadded sentences, one at a time."""
+    if name not in _decoder_configs():
+        pytest.skip(f"this transformers has no {name}")
+    model = decoder_model(name)
+    rows1, rows2 = sentences(LENGTHS1, 0), sentences(LENGTHS2, 1)
+    batch1 = padded(model, rows1, side)
+    batch2 = padded(model, rows2, "left" if side == "right" else "right")
+    names = ref.library_parameters(model)
+    g1 = torch.cat([ref.ref_gradients(model, x, names) for x in alone(rows1)])
+    g2 = torch.cat([ref.ref_gradients(model, x, names) for x in alone(rows2)])
+    for kernel in DECODER_KERNELS:
+        options = {"projection_dim": PROJ_DIM} if kernel.startswith("proj_") else {}
+        matrix = None
+        if kernel.startswith("proj_"):
+            matrix = cn.projection_matrix(g1.shape[-1], PROJ_DIM, seed=0, dtype=torch.float64)
+        result = cn.kernel_matrix(model, batch1, batch2, kernel=kernel, batch_size=2, **options)
+        try:
+            tol = TOL_FLOAT32_SOFTMAX if computes_in_float32(model) else TOL64
+            assert_rel(result, ref.kernel_from_grads(g1, g2, kernel, matrix), tol)
+        except AssertionError as err:
+            raise AssertionError(f"{kernel}: {err}") from None
+
+
+def test_gpt2_is_float64_throughout() -> None:
+    """The strict tolerance really applies to GPT-2 (else the looser one would hide a bug)."""
+    assert not computes_in_float32(decoder_model("gpt2"))
+
+
+def test_mistral_sentences_exceed_its_window() -> None:
+    if "mistral" not in _decoder_configs():
+        pytest.skip("this transformers has no Mistral")
+    assert max(LENGTHS1) > decoder_model("mistral").config.sliding_window + 1

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ...engine.data.tokens import cut_per_token, is_per_token
 from .common import _COMMON_KEYS, _DROPPED_KEYS, _TOKEN_ID_KEYS, MaskFormat
-from .masks import layer_types, uses_per_layer_masks
+from .masks import causal_additive_mask, is_causal_model, layer_types, uses_per_layer_masks
 
 
 def attention_mask_format(model: nn.Module) -> MaskFormat:
@@ -46,6 +46,27 @@ def attention_mask_format(model: nn.Module) -> MaskFormat:
                 return "additive_4d"
             break  # only the first transformers class of each MRO says how masks are built
     return "binary_2d"
+
+
+def _sliding_window(model: nn.Module) -> int | None:
+    """The attention window of a decoder that slides on every layer (Mistral), else None.
+
+    Raises:
+        ValueError: for decoders mixing sliding and full layers (one 4-D mask cannot serve both).
+    """
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    types = tuple(getattr(config, "layer_types", None) or ())
+    if not isinstance(window, int) or isinstance(window, bool):
+        return None
+    if types and "sliding_attention" not in types:
+        return None  # declared but unused (Qwen2 without use_sliding_window)
+    if types and any(t != "sliding_attention" for t in types):
+        raise ValueError(
+            f"{type(model).__name__} mixes sliding-window and full-attention layers; one prepared "
+            "mask cannot serve both under vmap (not supported yet)"
+        )
+    return window
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
@@ -353,6 +374,9 @@ def prepare_inputs(
         dtype = dtype if dtype is not None else _float_dtype(model)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        if is_causal_model(model):  # a decoder: causal and padding in one (B, 1, T, T) mask
+            out["attention_mask"] = causal_additive_mask(mask, dtype, _sliding_window(model))
+            return out
         keep = mask[:, None, None, :].to(dtype=dtype)
         out["attention_mask"] = (1.0 - keep) * torch.finfo(dtype).min
     return out

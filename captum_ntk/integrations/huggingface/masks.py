@@ -49,6 +49,39 @@ def uses_per_layer_masks(model: nn.Module) -> bool:
     return False
 
 
+def is_causal_model(model: nn.Module) -> bool:
+    """Whether ``model`` attends causally (a decoder: GPT-2, Llama, Qwen2, Mistral, ...)."""
+    if getattr(getattr(model, "config", None), "is_decoder", False):
+        return True
+    return any(getattr(m, "is_causal", None) is True for m in model.modules())
+
+
+def causal_additive_mask(
+    padding_mask: Tensor, dtype: torch.dtype, sliding_window: int | None = None
+) -> Tensor:
+    r"""
+    The (B, 1, T, T) additive mask of a causal decoder, built with vmap-safe arithmetic.
+
+    Query ``q`` attends to key ``k`` when ``k <= q``, the key is a real token and (with a window)
+    ``q - k < sliding_window`` (the rule of ``masking_utils``' causal sliding window). A padded
+    query (right padding: after every real token) attends to all real tokens, so its row stays
+    finite; its output is never pooled.
+
+    Args:
+        padding_mask (Tensor): 0/1 (or bool) mask of real tokens, shape (B, T).
+        dtype (torch.dtype): Floating-point dtype of the attention scores.
+        sliding_window (int, optional): attention window of sliding layers.
+    """
+    keep = (padding_mask != 0)[:, None, None, :]
+    positions = torch.arange(padding_mask.shape[-1], device=padding_mask.device)
+    allowed = positions[None, :] <= positions[:, None]
+    if sliding_window is not None:
+        allowed = allowed & (positions[:, None] - positions[None, :] < int(sliding_window))
+    padded_query = (padding_mask == 0)[:, None, :, None]
+    allowed = keep & (allowed | padded_query)
+    return (1.0 - allowed.to(dtype)) * torch.finfo(dtype).min
+
+
 def layer_types(model: nn.Module) -> tuple[str, ...]:
     r"""
     The attention layer types of a per-layer-mask model, checked against the ones supported.

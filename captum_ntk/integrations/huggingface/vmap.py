@@ -35,7 +35,8 @@ Approach chosen: *eager attention plus a mask in the format the model passes thr
    verifies the whole chain numerically: logits of synthetic examples (one longer than any
    attention window the config declares) computed under ``vmap``
    with padding must equal plain unpadded forward passes. Models whose masking we do not understand
-   (causal decoders, custom mask code) fail loudly here instead of giving a wrong kernel.
+   (custom mask code) fail loudly here instead of giving a wrong kernel. Causal decoders get a
+   causal (B, 1, T, T) mask from :func:`prepare_inputs` (see :mod:`.masks`).
 
 Rejected alternatives: patching ``masking_utils``/``_prepare_4d_attention_mask*`` inside a context
 manager (private functions whose names and call sites change between releases, and modules bind
@@ -145,19 +146,10 @@ def vmap_safe(model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
             "the model is in training mode (dropout is random and has no NTK): call model.eval()"
         )
     config = model.config
-    if getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False):
+    if getattr(config, "is_encoder_decoder", False):
         raise ValueError(
-            f"{type(model).__name__} is a decoder or encoder-decoder; only bidirectional "
-            "encoders (BERT, RoBERTa, DistilBERT, ...) are supported"
-        )
-
-    causal = [
-        name for name, module in model.named_modules() if getattr(module, "is_causal", None) is True
-    ]
-    if causal:
-        raise ValueError(
-            f"{type(model).__name__} has causal attention ({causal[0]}, ...); only bidirectional "
-            "encoders (BERT, RoBERTa, DistilBERT, ...) are supported"
+            f"{type(model).__name__} is an encoder-decoder; only encoders (BERT, RoBERTa, "
+            "DistilBERT, ...) and decoder classifiers (GPT-2, Llama, Qwen2, Mistral) are supported"
         )
 
     configs = _attn_configs(model)
