@@ -146,6 +146,18 @@ def vmap_safe(model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
             "the model is in training mode (dropout is random and has no NTK): call model.eval()"
         )
     config = model.config
+    merged = [
+        name
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A") and getattr(module, "merged", False)
+    ]
+    if merged:
+        raise ValueError(
+            f"LoRA adapters are merged into the base weights ({merged[0]}, ...): the adapter "
+            "parameters no longer enter the forward pass, so their gradients would be zero. Call "
+            "model.unmerge_adapter() first (the function is the same; the kernel over the "
+            "adapters is then defined)."
+        )
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(
             f"{type(model).__name__} is an encoder-decoder; only encoders (BERT, RoBERTa, "
