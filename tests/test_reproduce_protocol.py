@@ -49,3 +49,13 @@ def test_verdict_against_the_paper() -> None:
         entry[f"{metric}_mean"], entry[f"{metric}_se"] = 0.283, float("nan")
     assert "OUTSIDE (-0.425)" in format_summary("MLP (MNIST2)", [entry])
     assert "reduced setting" in format_summary("MLP (MNIST2)", [{**entry, "reduced": True}])
+
+
+def test_the_default_surrogate_gets_a_difference_not_a_verdict() -> None:
+    from captum_ntk.apps.reproduce.report import format_summary
+
+    entry = {"kernel": "trntk", "surrogate": "default", "n_seeds": 1, "paper_tau": 0.857}
+    for metric in ("tau_paper", "tau", "tad", "r_miss", "acc_nn", "r2_linear", "lds"):
+        entry[f"{metric}_mean"], entry[f"{metric}_se"] = 0.956, float("nan")
+    table = format_summary("CNN (MNIST2)", [entry])
+    assert "+0.099" in table and "OUTSIDE" not in table and "within" not in table
