@@ -114,3 +114,36 @@ def test_merged_adapters_are_refused_with_the_fix() -> None:
     model.unmerge_adapter()
     torch.testing.assert_close(cn.kernel_matrix(model, batch, kernel="trntk"), unmerged,
                                rtol=1e-8, atol=0)  # fmt: skip
+
+
+def test_lora_layers_are_gram_rules_and_no_full_weight_gradient_is_formed() -> None:
+    """On a model whose attention softmax is float32, the Gram engine still verifies the LoRA
+    layers (its check compares at float32 rounding) and covers them; the largest tensor any
+    kernel computation allocates is smaller than one example's gradient of a base q_proj weight
+    for every logit (what a full-weight per-example gradient would need)."""
+    from test_memory import AllocationTracker
+
+    from captum_ntk.engine.data.inputs import ModelInputs
+    from captum_ntk.kernels import build_feature_map
+
+    config = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=96, intermediate_size=96, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=40,
+        pad_token_id=0, num_labels=3, attn_implementation="eager",
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base = transformers.LlamaForSequenceClassification(config).double().eval()
+    model = _lora(base, ["q_proj", "v_proj"], seed=5)
+    batch = _batch([torch.arange(4, 10), torch.arange(5, 9), torch.arange(6, 13)])
+    fmap = build_feature_map(model, "trntk", engine="gram")
+    fmap.plan(ModelInputs.from_user(batch))
+    lora_layers = {name for name in fmap.layer_forms() if "lora_" in name}
+    assert len(lora_layers) == 4 and fmap.fallback is None
+    inputs = list(batch.values())
+    existing = list(model.parameters()) + list(model.buffers()) + inputs
+    q_weight = base.model.layers[0].self_attn.q_proj.base_layer.weight
+    full_gradient_bytes = 3 * q_weight.numel() * q_weight.element_size()  # C = 3 logits
+    with AllocationTracker(existing) as tracker:
+        cn.kernel_matrix(model, batch, kernel="trntk", batch_size=3)
+    assert tracker.largest < full_gradient_bytes, (tracker.largest, full_gradient_bytes)

@@ -39,6 +39,11 @@ class ModelAdapter(Protocol):
     def context(self, inner: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """Context to run vmapped forward passes in."""
 
+    def internal_dtype(self, inner: nn.Module) -> torch.dtype | None:
+        """The narrowest dtype the family computes parts of the forward pass in whatever the
+        model's dtype (e.g. a float32 attention softmax), or None: numerical checks of the
+        engine compare at that precision."""
+
 
 _ADAPTERS: list[ModelAdapter] = []
 

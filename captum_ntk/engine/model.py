@@ -143,6 +143,16 @@ class ModelFunction:
                 self.hf_model, self._token_inputs(self._trimmed(inputs.kwargs))
             )
 
+    def check_dtype(self) -> torch.dtype:
+        r"""The dtype numerical self-checks compare at: the compute dtype, or the narrower one a
+        model family computes parts of its forward pass in (a float32 attention softmax in a
+        float64 Llama), whichever has the larger rounding."""
+        internal = getattr(self.adapter, "internal_dtype", None) if self.is_hf else None
+        narrow = internal(self.hf_model) if internal is not None else None
+        if narrow is not None and torch.finfo(narrow).eps > torch.finfo(self.dtype).eps:
+            return narrow
+        return self.dtype
+
     def context(self) -> contextlib.AbstractContextManager:
         """Context to run forward passes in (vmap-safe attention for HF models)."""
         if self.is_hf:

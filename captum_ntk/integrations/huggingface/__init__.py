@@ -18,7 +18,7 @@ from ...engine.adapters import register_adapter
 from .common import is_hf_model
 from .inputs import attention_mask_format, prepare_inputs, trim_padding, validate_inputs
 from .loading import load_sequence_classifier, minilm_path
-from .vmap import check_vmap_compatibility, vmap_safe
+from .vmap import check_vmap_compatibility, computes_in_float32, vmap_safe
 
 __all__ = [
     "HuggingFaceAdapter",
@@ -55,6 +55,9 @@ class HuggingFaceAdapter:
 
     def context(self, inner: nn.Module) -> contextlib.AbstractContextManager[Any]:
         return vmap_safe(inner)
+
+    def internal_dtype(self, inner: nn.Module) -> torch.dtype | None:
+        return torch.float32 if computes_in_float32(inner) else None
 
 
 register_adapter(HuggingFaceAdapter())
