@@ -316,7 +316,26 @@ def _decoder_configs() -> dict[str, tuple[type, object]]:
                 attn_implementation="eager",
             ),
         ),  # fmt: skip
+        "gpt2_pad_is_eos": (
+            T.GPT2ForSequenceClassification,
+            T.GPT2Config(
+                vocab_size=VOCAB,
+                n_positions=40,
+                n_embd=8,
+                n_layer=2,
+                n_head=2,
+                pad_token_id=2,
+                eos_token_id=2,
+                bos_token_id=2,
+                num_labels=3,
+                attn_implementation="eager",
+            ),
+        ),  # fmt: skip
         "llama": (T.LlamaForSequenceClassification, T.LlamaConfig(**_DECODER)),
+        "gemma": (
+            getattr(T, "GemmaForSequenceClassification", None),
+            getattr(T, "GemmaConfig", dict)(**_DECODER, head_dim=4),
+        ),
         "qwen2": (T.Qwen2ForSequenceClassification, T.Qwen2Config(**_DECODER)),
         "mistral": (
             T.MistralForSequenceClassification,
@@ -344,14 +363,18 @@ TOL_FLOAT32_SOFTMAX = 2e-8
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_pad_is_eos", "llama", "qwen2", "mistral", "gemma"])
 def test_decoder_kernels_equal_unpadded_loop(name: str, side: str) -> None:
     """Causal decoders pooled at the last real token: padded batches (either side) give the
-    kernels of the unpadded sentences, one at a time."""
+    kernels of the unpadded sentences, one at a time (also with GPT-2's habit of padding with
+    its end-of-sequence token, which the sentences then end with)."""
     if name not in _decoder_configs():
         pytest.skip(f"this transformers has no {name}")
     model = decoder_model(name)
     rows1, rows2 = sentences(LENGTHS1, 0), sentences(LENGTHS2, 1)
+    if name == "gpt2_pad_is_eos":  # sentences that end with the eos token, which is also pad
+        eos = model.config.eos_token_id
+        rows1 = [torch.cat([r, torch.tensor([eos])]) for r in rows1]
     batch1 = padded(model, rows1, side)
     batch2 = padded(model, rows2, "left" if side == "right" else "right")
     names = ref.library_parameters(model)
