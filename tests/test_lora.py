@@ -104,16 +104,24 @@ def test_lora_on_the_real_minilm_encoder(minilm) -> None:
     _check(wrapped, rows[:2], rows[2:], tol=1e-10, pad=tokenizer.pad_token_id)
 
 
-def test_merged_adapters_are_refused_with_the_fix() -> None:
-    model = _lora(_tiny_llama(), ["q_proj"], seed=4)
-    batch = _batch([torch.tensor([5, 6, 7]), torch.tensor([8, 9])])
-    unmerged = cn.kernel_matrix(model, batch, kernel="trntk")
+@pytest.mark.parametrize("engine", ["gram", "jacobian"])
+def test_merged_and_unmerged_adapters_give_the_same_kernel(engine: str) -> None:
+    """Merged layers run their adapter path on unmerged copies of their base weights; the
+    user's model is left as it was (merged, same weights)."""
+    from captum_ntk.integrations import huggingface as hf
+
+    model = _lora(_tiny_llama(), ["q_proj", "v_proj"], seed=4)
+    batch = _batch([torch.tensor([5, 6, 7, 9]), torch.tensor([8, 9])])
+    unmerged = cn.kernel_matrix(model, batch, kernel="trntk", engine=engine)
     model.merge_adapter()
-    with pytest.raises(ValueError, match="unmerge_adapter"):
-        cn.kernel_matrix(model, batch, kernel="trntk")
-    model.unmerge_adapter()
-    torch.testing.assert_close(cn.kernel_matrix(model, batch, kernel="trntk"), unmerged,
-                               rtol=1e-8, atol=0)  # fmt: skip
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = cn.kernel_matrix(model, batch, kernel="trntk", engine=engine)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-10, atol=0)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(layer.merged for _, layer in hf.lora.merged_lora_layers(model))
+    inner = next(m for m in model.modules() if hf.is_hf_model(m))
+    with pytest.raises(ValueError, match="unmerge_adapter"), hf.vmap_safe(inner):
+        pass  # vmap_safe alone does not unmerge: it refuses
 
 
 def test_lora_layers_are_gram_rules_and_no_full_weight_gradient_is_formed() -> None:

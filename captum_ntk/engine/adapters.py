@@ -39,6 +39,11 @@ class ModelAdapter(Protocol):
     def context(self, inner: nn.Module) -> contextlib.AbstractContextManager[Any]:
         """Context to run vmapped forward passes in."""
 
+    def engine_tensors(self, model: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The engine's copies of ``model``'s parameters and buffers (named as in ``model``) as
+        the forward passes inside :meth:`context` must see them (e.g. merged adapters
+        unmerged); return ``tensors`` unchanged if nothing applies."""
+
     def internal_dtype(self, inner: nn.Module) -> torch.dtype | None:
         """The narrowest dtype the family computes parts of the forward pass in whatever the
         model's dtype (e.g. a float32 attention softmax), or None: numerical checks of the

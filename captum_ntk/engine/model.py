@@ -89,6 +89,10 @@ class ModelFunction:
             for n, t in list(model.named_parameters()) + list(model.named_buffers())
             if n not in self.params
         }
+        engine_tensors = getattr(self.adapter, "engine_tensors", None)
+        if engine_tensors is not None:  # e.g. merged LoRA adapters, run on their adapter path
+            self.params = engine_tensors(model, self.params)
+            self.frozen = engine_tensors(model, self.frozen)
         self._num_outputs: int | None = None
         self._activation_bytes: int | None = None
         #: why per-example gradients leave vmap for the autograd loop (None: they do not)

@@ -18,6 +18,7 @@ from ...engine.adapters import register_adapter
 from .common import is_hf_model
 from .inputs import attention_mask_format, prepare_inputs, trim_padding, validate_inputs
 from .loading import load_sequence_classifier, minilm_path
+from .lora import adapter_path, unmerged_tensors
 from .vmap import check_vmap_compatibility, computes_in_float32, vmap_safe
 
 __all__ = [
@@ -54,7 +55,13 @@ class HuggingFaceAdapter:
         validate_inputs(inner, kwargs)
 
     def context(self, inner: nn.Module) -> contextlib.AbstractContextManager[Any]:
-        return vmap_safe(inner)
+        stack = contextlib.ExitStack()
+        stack.enter_context(adapter_path(inner))  # merged LoRA layers: their adapter path
+        stack.enter_context(vmap_safe(inner))
+        return stack
+
+    def engine_tensors(self, model: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        return unmerged_tensors(model, tensors)
 
     def internal_dtype(self, inner: nn.Module) -> torch.dtype | None:
         return torch.float32 if computes_in_float32(inner) else None

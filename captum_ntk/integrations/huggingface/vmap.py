@@ -154,9 +154,10 @@ def vmap_safe(model: nn.Module, check: bool = True) -> Iterator[nn.Module]:
     if merged:
         raise ValueError(
             f"LoRA adapters are merged into the base weights ({merged[0]}, ...): the adapter "
-            "parameters no longer enter the forward pass, so their gradients would be zero. Call "
-            "model.unmerge_adapter() first (the function is the same; the kernel over the "
-            "adapters is then defined)."
+            "parameters no longer enter the forward pass, so their gradients would be zero. The "
+            "kernel functions of captum_ntk handle this (they run merged layers on their "
+            "adapter path with unmerged copies of the base weights); with vmap_safe alone, call "
+            "model.unmerge_adapter() first."
         )
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(
