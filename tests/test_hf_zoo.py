@@ -332,6 +332,15 @@ def _decoder_configs() -> dict[str, tuple[type, object]]:
             ),
         ),  # fmt: skip
         "llama": (T.LlamaForSequenceClassification, T.LlamaConfig(**_DECODER)),
+        "qwen2_mixed_window": (
+            T.Qwen2ForSequenceClassification,
+            T.Qwen2Config(
+                **{**_DECODER, "num_hidden_layers": 3},
+                use_sliding_window=True,
+                sliding_window=4,
+                max_window_layers=1,
+            ),
+        ),  # fmt: skip
         "gemma": (
             getattr(T, "GemmaForSequenceClassification", None),
             getattr(T, "GemmaConfig", dict)(**_DECODER, head_dim=4),
@@ -363,7 +372,10 @@ TOL_FLOAT32_SOFTMAX = 2e-8
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("name", ["gpt2", "gpt2_pad_is_eos", "llama", "qwen2", "mistral", "gemma"])
+@pytest.mark.parametrize(
+    "name",
+    ["gpt2", "gpt2_pad_is_eos", "llama", "qwen2", "qwen2_mixed_window", "mistral", "gemma"],
+)
 def test_decoder_kernels_equal_unpadded_loop(name: str, side: str) -> None:
     """Causal decoders pooled at the last real token: padded batches (either side) give the
     kernels of the unpadded sentences, one at a time (also with GPT-2's habit of padding with
@@ -402,3 +414,6 @@ def test_mistral_sentences_exceed_its_window() -> None:
     if "mistral" not in _decoder_configs():
         pytest.skip("this transformers has no Mistral")
     assert max(LENGTHS1) > decoder_model("mistral").config.sliding_window + 1
+    mixed = decoder_model("qwen2_mixed_window").config  # one mask per layer type
+    assert set(mixed.layer_types) == {"full_attention", "sliding_attention"}
+    assert max(LENGTHS1) > mixed.sliding_window + 1

@@ -46,7 +46,10 @@ def uses_per_layer_masks(model: nn.Module) -> bool:
         module = sys.modules.get(type(candidate).__module__)
         if module is not None and "create_bidirectional_sliding_window_mask" in vars(module):
             return True
-    return False
+    # decoders whose layers mix sliding-window and full attention (Qwen2 with
+    # use_sliding_window, Gemma 2 / 3): one mask per layer type, causal
+    types = set(getattr(getattr(model, "config", None), "layer_types", None) or ())
+    return len(types) > 1 and is_causal_model(model)
 
 
 def is_causal_model(model: nn.Module) -> bool:
@@ -115,7 +118,11 @@ def layer_types(model: nn.Module) -> tuple[str, ...]:
 
 
 def layer_masks(
-    padding_mask: Tensor, types: tuple[str, ...], sliding_window: int | None, dtype: torch.dtype
+    padding_mask: Tensor,
+    types: tuple[str, ...],
+    sliding_window: int | None,
+    dtype: torch.dtype,
+    causal: bool = False,
 ) -> dict[str, Tensor]:
     r"""
     Additive attention masks per layer type, built with vmap-safe arithmetic.
@@ -123,14 +130,25 @@ def layer_masks(
     Args:
         padding_mask (Tensor): 0/1 (or bool) mask of real tokens, shape (B, T).
         types (tuple[str, ...]): Layer types present (``full_attention``, ``sliding_attention``).
-        sliding_window (int, optional): Largest distance ``|q - k|`` a sliding layer attends to.
+        sliding_window (int, optional): Largest distance ``|q - k|`` a sliding layer attends to
+            (for ``causal``: keys with ``q - k < sliding_window``, masking_utils' causal rule).
         dtype (torch.dtype): Floating-point dtype of the attention scores.
+        causal (bool): a decoder's masks (:func:`causal_additive_mask`, (B, 1, T, T) each).
 
     Returns:
         masks (dict[str, Tensor]): ``full_attention``: (B, 1, 1, T); ``sliding_attention``:
             (B, 1, T, T); 0 where attended, ``torch.finfo(dtype).min`` elsewhere. Padded query
             positions attend to every real token in sliding layers (their rows are never read).
     """
+    if causal:  # a decoder: causal masks, windowed for sliding layers (q - k < window)
+        masks = {}
+        if "full_attention" in types:
+            masks["full_attention"] = causal_additive_mask(padding_mask, dtype)
+        if "sliding_attention" in types:
+            masks["sliding_attention"] = causal_additive_mask(
+                padding_mask, dtype, int(sliding_window)
+            )
+        return masks
     keep = (padding_mask != 0)[:, None, None, :]
     lowest = torch.finfo(dtype).min
     masks = {}
@@ -174,6 +192,7 @@ def per_layer_mask_hook(model: nn.Module) -> Iterator[None]:
     """
     types = layer_types(model)
     window = getattr(model.config, "sliding_window", None)
+    causal = is_causal_model(model)
     base = getattr(model, "base_model", model)
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
@@ -186,7 +205,7 @@ def per_layer_mask_hook(model: nn.Module) -> Iterator[None]:
             if tokens is None:
                 return None
             mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-        masks = layer_masks(mask, types, window, _mask_dtype(module, kwargs))
+        masks = layer_masks(mask, types, window, _mask_dtype(module, kwargs), causal)
         return args, {**kwargs, "attention_mask": masks}
 
     handle = base.register_forward_pre_hook(hook, with_kwargs=True)
