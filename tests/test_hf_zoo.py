@@ -192,20 +192,30 @@ def loop_head_inputs(name: str, seed: int, lengths: tuple[int, ...]) -> Tensor:
     )
 
 
-def loop_embedding(name: str, rows1: list[Tensor], rows2: list[Tensor]) -> Tensor:
+def loop_embedding(
+    name: str,
+    rows1: list[Tensor],
+    rows2: list[Tensor],
+    model: nn.Module | None = None,
+    layers: list[str] | None = None,
+    use_input: bool = False,
+) -> Tensor:
     """Cosine kernel of the outputs of every called parameterised leaf whose output is per example
     (batch dimension 1 for one sentence; MPNet's relative-position bias, (T, T, heads), is not);
     per-token outputs are compared position by position, the shorter sentence contributing zeros
-    past its end."""
-    model, _ = zoo_model(name)
+    past its end. ``layers`` / ``use_input``: those layers' inputs instead (the conjugate kernel
+    of a decoder, whose head reads every position)."""
+    model = model if model is not None else zoo_model(name)[0]
     modules = dict(model.named_modules())
-    layers = ref.default_embedding_layers(model, alone(rows1)[0])
+    layers = layers or ref.default_embedding_layers(model, alone(rows1)[0])
 
     def run(x: dict[str, Tensor]) -> dict[str, Tensor]:
         captured: dict[str, Tensor] = {}
         handles = [
             modules[layer].register_forward_hook(
-                lambda _m, _a, o, layer=layer, store=captured: store.__setitem__(layer, o.detach())
+                lambda _m, a, o, layer=layer, store=captured: store.__setitem__(
+                    layer, (a[0] if use_input else o).detach()
+                )
             )
             for layer in layers
         ]
@@ -369,6 +379,8 @@ DECODER_KERNELS = ("trntk", "pntk", "proj_trntk")
 #: keys than the unpadded one, so the two agree to float32 rounding of the attention weights,
 #: about 1e-8 relative on these kernels (measured: 1e-10 to 1e-8). GPT-2 is float64 throughout.
 TOL_FLOAT32_SOFTMAX = 2e-8
+#: the same rounding on the per-token activation kernels (measured up to 2.8e-8 on Llama)
+TOL_FLOAT32_SOFTMAX_ACTIVATIONS = 5e-8
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -403,6 +415,23 @@ def test_decoder_kernels_equal_unpadded_loop(name: str, side: str) -> None:
             assert_rel(result, ref.kernel_from_grads(g1, g2, kernel, matrix), tol)
         except AssertionError as err:
             raise AssertionError(f"{kernel}: {err}") from None
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_decoder_activation_kernels_equal_unpadded_loop(name: str) -> None:
+    """ck over the head's input (a decoder applies its head at every position before pooling, so
+    the default refuses and names ``layers=``) and the embedding kernel, per token with padding
+    zeroed, equal the unpadded sentences'."""
+    model = decoder_model(name)
+    rows1, rows2 = sentences(LENGTHS1, 0), sentences(LENGTHS2, 1)
+    batch1, batch2 = padded(model, rows1, "left"), padded(model, rows2, "right")
+    tol = TOL_FLOAT32_SOFTMAX_ACTIVATIONS if computes_in_float32(model) else TOL64
+    with pytest.raises(ValueError, match="layers="):
+        cn.kernel_matrix(model, batch1, batch2, kernel="ck")
+    ck = cn.kernel_matrix(model, batch1, batch2, kernel="ck", layers=["score"], batch_size=2)
+    assert_rel(ck, loop_embedding(name, rows1, rows2, model, ["score"], use_input=True), tol)
+    emb = cn.kernel_matrix(model, batch1, batch2, kernel="embedding", batch_size=2)
+    assert_rel(emb, loop_embedding(name, rows1, rows2, model), tol)
 
 
 def test_gpt2_is_float64_throughout() -> None:
