@@ -358,3 +358,26 @@ def test_one_example_batches_and_in_place_update_through_the_loop() -> None:
             model.head.weight.mul_(2.0)
         k2 = cn.kernel_matrix(model, x, kernel="trntk", batch_size=1)
     assert_rel(k2, ref.ref_kernel(model, x, kernel="trntk"))
+
+
+class OutOfMemoryNet(nn.Module):
+    """Raises torch's out-of-memory error in its forward pass (a stand-in for a real OOM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):  # under vmap / jacrev
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        return self.fc(x)
+
+
+def test_out_of_memory_under_vmap_is_raised_not_looped() -> None:
+    """An out-of-memory error is a budget problem, not a module vmap cannot differentiate: it
+    propagates, with no fallback to the (slower) autograd loop."""
+    model, x = _randomise(OutOfMemoryNet(), 13), _vectors(3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        with pytest.raises(torch.OutOfMemoryError, match="simulated"):
+            cn.kernel_matrix(model, x, kernel="trntk0", engine="jacobian")

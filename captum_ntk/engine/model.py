@@ -260,6 +260,8 @@ class ModelFunction:
             try:
                 with self.context():
                     return vmapped()
+            except torch.OutOfMemoryError:
+                raise  # a memory limit, not a module vmap cannot handle: no fallback
             except RuntimeError as exc:
                 self.loop_reason = f"vmap raised: {str(exc).splitlines()[0][:200]}"
                 vmap_error: RuntimeError | None = exc

@@ -15,7 +15,6 @@ full MNIST2 row retrains 100-epoch networks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -91,7 +90,7 @@ def row_lds(
     if data.is_text or spec.build is None:
         raise ValueError("--lds-subsets retrains image rows only.")
     harness = RetrainingHarness(
-        _RowTrainer(spec, replace(settings), data, device),
+        _RowTrainer(spec, settings, data, device),
         margin_output(data.x_test, data.y_test),
         len(data.y_train),
         cache_dir=cache_dir,

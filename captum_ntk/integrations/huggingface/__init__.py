@@ -9,7 +9,7 @@ wrapped in a user module), which the engine uses to make forward passes vmap-saf
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -54,11 +54,10 @@ class HuggingFaceAdapter:
     def validate_inputs(self, inner: nn.Module, kwargs: dict[str, Tensor]) -> None:
         validate_inputs(inner, kwargs)
 
-    def context(self, inner: nn.Module) -> contextlib.AbstractContextManager[Any]:
-        stack = contextlib.ExitStack()
-        stack.enter_context(adapter_path(inner))  # merged LoRA layers: their adapter path
-        stack.enter_context(vmap_safe(inner))
-        return stack
+    @contextlib.contextmanager
+    def context(self, inner: nn.Module) -> Iterator[None]:
+        with adapter_path(inner), vmap_safe(inner):  # merged LoRA layers: their adapter path
+            yield
 
     def engine_tensors(self, model: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         return unmerged_tensors(model, tensors)
