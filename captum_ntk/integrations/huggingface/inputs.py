@@ -49,11 +49,9 @@ def attention_mask_format(model: nn.Module) -> MaskFormat:
 
 
 def _sliding_window(model: nn.Module) -> int | None:
-    """The attention window of a decoder that slides on every layer (Mistral), else None.
-
-    Raises:
-        ValueError: for decoders mixing sliding and full layers (one 4-D mask cannot serve both).
-    """
+    """The attention window of a decoder with one layer type, if that type slides (Mistral),
+    else None. (Decoders mixing sliding and full layers get per-layer masks instead, see
+    :func:`.masks.uses_per_layer_masks`.)"""
     config = getattr(model, "config", None)
     window = getattr(config, "sliding_window", None)
     types = tuple(getattr(config, "layer_types", None) or ())
@@ -61,11 +59,6 @@ def _sliding_window(model: nn.Module) -> int | None:
         return None
     if types and "sliding_attention" not in types:
         return None  # declared but unused (Qwen2 without use_sliding_window)
-    if types and any(t != "sliding_attention" for t in types):
-        raise ValueError(
-            f"{type(model).__name__} mixes sliding-window and full-attention layers; one prepared "
-            "mask cannot serve both under vmap (not supported yet)"
-        )
     return window
 
 
