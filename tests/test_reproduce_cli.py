@@ -162,13 +162,19 @@ def test_lds_of_both_surrogates_against_retrained_networks(mnist_root, tmp_path)
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     lds = [r["lds"] for r in results["rows"]]
     assert len(lds) == 2 and all(-1 <= v <= 1 for v in lds)
-    assert len(list((store / "lds" / "seed0").glob("*.json"))) >= 6  # cached retrainings
+    (cache,) = (store / "lds").iterdir()  # keyed by row, recipe and data
+    assert len(list((cache / "seed0").glob("*.json"))) >= 6  # cached retrainings
     assert "LDS" in (tmp_path / "a" / "report.md").read_text()
     # a rerun reads the cached ground truth: same LDS
     argv[argv.index(str(tmp_path / "a"))] = str(tmp_path / "b")
     assert main(argv) == 0
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [r["lds"] for r in again["rows"]] == lds
+    # another recipe retrains its own ground truth (no stale retrainings of the 2-epoch one)
+    argv[argv.index("2")] = "3"
+    argv[argv.index(str(tmp_path / "b"))] = str(tmp_path / "c")
+    assert main(argv) == 0
+    assert len(list((store / "lds").iterdir())) == 2
 
 
 def test_correct_class_scores_follow_the_one_logit_sign():

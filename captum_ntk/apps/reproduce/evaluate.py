@@ -25,8 +25,9 @@ __all__ = [
     "SURROGATES",
     "KernelResult",
     "evaluate_kernel",
-    "network_class_one_logits",
+    "class_one_logits",
     "surrogate_options",
+    "test_logits",
 ]
 
 PROJECTED = ("proj_trntk", "proj_pntk")
@@ -85,17 +86,23 @@ def _attribution(
 SURROGATES = ("paper", "default")
 
 
-def network_class_one_logits(model: nn.Module, data: RowData, device: str | None) -> Tensor | None:
-    r"""The network's (n,) logit of class 1 on the test set for a binary row (one output, or the
-    difference of two), None for more classes."""
+def test_logits(model: nn.Module, data: RowData, device: str | None) -> Tensor:
+    r"""The network's logits on the row's test set, (n, C) or (n, 1), on the CPU."""
     with torch.no_grad():
         if data.is_text:
             out = model(**{k: v.to(device or "cpu") for k, v in data.x_test.items()}).logits
         else:
             out = torch.cat([model(x.to(device or "cpu")) for x in data.x_test.split(256)])
-    out = out.double().cpu()
-    if out.dim() == 1 or out.shape[1] == 1:
-        return out.reshape(-1)
+    out = out.cpu()
+    return out[:, None] if out.dim() == 1 else out
+
+
+def class_one_logits(logits: Tensor) -> Tensor | None:
+    r"""The (n,) logit of class 1 of a binary row (one output, or the difference of two), in
+    float64; None for more classes."""
+    out = logits.double()
+    if out.shape[1] == 1:
+        return out[:, 0]
     return out[:, 1] - out[:, 0] if out.shape[1] == 2 else None
 
 
@@ -112,6 +119,7 @@ def evaluate_kernel(
     row_store: RowStore | None = None,
     show_progress: bool = True,
     surrogates: tuple[str, ...] = SURROGATES,
+    class_one: Tensor | None = None,
 ) -> list[KernelResult]:
     r"""Train and test kernels, then per surrogate: kGLM, tau_K (both protocols), TAD, R_miss and
     the linearization R^2.
@@ -130,6 +138,8 @@ def evaluate_kernel(
                 features) are read from it when stored, else computed and stored.
         show_progress (bool): progress bars over kernel blocks.
         surrogates (tuple of str): ``"paper"`` and / or ``"default"`` (see :data:`SURROGATES`).
+        class_one (Tensor, optional): the network's (n,) class-1 logits on the test set
+                (:func:`class_one_logits`); default: computed here.
 
     Returns:
         list of KernelResult: one per surrogate, in the order asked.
@@ -161,7 +171,8 @@ def evaluate_kernel(
         scale = float(train_kernel.diagonal().double().mean())
         paper_alpha = alpha * scale**2 if scale > 0 else alpha
     kernel_seconds = time.perf_counter() - start
-    class_one = network_class_one_logits(model, data, device)
+    if class_one is None:
+        class_one = class_one_logits(test_logits(model, data, device))
     results = []
     for surrogate in surrogates:
         start = time.perf_counter()

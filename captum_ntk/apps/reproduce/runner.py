@@ -24,7 +24,14 @@ from ...engine.parameters import num_parameters
 from ...kernels import kernel_names
 from .data import RowData, load_row_data
 from .estimate import estimate_seconds, format_duration
-from .evaluate import PROJECTED, SURROGATES, KernelResult, evaluate_kernel
+from .evaluate import (
+    PROJECTED,
+    SURROGATES,
+    KernelResult,
+    class_one_logits,
+    evaluate_kernel,
+    test_logits,
+)
 from .lds import row_lds
 from .report import aggregate, format_summary, write_outputs
 from .rows import PAPER_ALPHA, RowSpec, get_row
@@ -165,14 +172,9 @@ def _settings(spec: RowSpec, config: ReproduceConfig) -> TrainSettings:
     )
 
 
-def _predictions(model: nn.Module, data: RowData, device: str) -> torch.Tensor:
-    with torch.no_grad():
-        if data.is_text:
-            out = model(**{k: v.to(device) for k, v in data.x_test.items()}).logits
-        else:
-            out = torch.cat([model(x.to(device)) for x in data.x_test.split(256)])
-    out = out.cpu()
-    return (out.reshape(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(dim=1)
+def _predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted classes from (n, C) logits, or from one logit per example (its sign)."""
+    return (logits.reshape(-1) > 0).long() if logits.shape[-1] == 1 else logits.argmax(dim=1)
 
 
 def _announce(spec: RowSpec, config: ReproduceConfig, data: RowData, log: Callable) -> dict:
@@ -199,7 +201,8 @@ def _seed_run(
     spec, config, data, seed, kernels, out, log, row_store
 ) -> tuple[list[dict], list[str], list[str]]:
     model, train_seconds = _trained(spec, config, data, seed, row_store)
-    pred = _predictions(model, data, config.device)
+    logits = test_logits(model, data, config.device)  # one forward pass of the test set
+    pred = _predictions(logits)
     chance = float(torch.bincount(data.y_test).max()) / len(data.y_test)
     accuracy = float((pred == data.y_test).double().mean())
     if accuracy <= chance + 0.05:
@@ -222,12 +225,14 @@ def _seed_run(
             projection_dim=_projection_dim(config, model),
             row_store=row_store,
             surrogates=config.surrogates,
+            class_one=class_one_logits(logits),
             show_progress=config.show_progress,
         )
         lds = [math.nan] * len(results)
         if config.lds_subsets > 0 and kernel == kernels[0]:
-            cache = None if config.store is None else Path(config.store) / "lds" / f"seed{seed}"
-            lds = row_lds(spec, _settings(spec, config), data, results, config.lds_subsets,
+            settings = _settings(spec, config)
+            cache = None if row_store is None else row_store.lds_dir(seed, settings)
+            lds = row_lds(spec, settings, data, results, config.lds_subsets,
                           seed=seed, device=config.device, cache_dir=cache, log=log)  # fmt: skip
         for result, value in zip(results, lds, strict=True):
             row = {

@@ -118,6 +118,12 @@ class RowStore:
         _save_atomic({"train": train.detach().cpu(), "test": test.detach().cpu()}, path)
         return train, test
 
+    def lds_dir(self, seed: int, settings: TrainSettings) -> Path:
+        """The retraining cache of the LDS ground truth, keyed like the network (row, recipe,
+        data), so another recipe or other data never reads stale retrainings."""
+        key = _digest(self.row, asdict(settings), self.data)
+        return self.root / "lds" / key / f"seed{seed}"
+
     def features(self, seed: int, kernel: str) -> Path:
         """The feature-store folder of a projected kernel (reused by its attribution class)."""
         return self.root / "features" / f"seed{seed}" / kernel
