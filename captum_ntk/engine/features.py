@@ -144,7 +144,18 @@ class FeatureMap:
         return chunks(b, examples), chunks(classes, chunk)
 
 
-class JacobianFeatures(FeatureMap):
+class PieceFeatureMap(FeatureMap):
+    """A feature map whose blocks are :class:`ParamBlocks`; a stored flat block is one piece."""
+
+    def unflatten(self, flat: Tensor) -> ParamBlocks:
+        return ParamBlocks([flat])
+
+    def sq_norms(self, f: ParamBlocks | Tensor) -> Tensor:
+        f = f if isinstance(f, ParamBlocks) else self.unflatten(f)
+        return sum(torch.linalg.vecdot(_flat(a), _flat(a)) for a in f.parts)
+
+
+class JacobianFeatures(PieceFeatureMap):
     """Full per-example Jacobians, pieces (B, C, p_i): entk, trntk0, trntk."""
 
     what = "Jacobian"
@@ -178,19 +189,12 @@ class JacobianFeatures(FeatureMap):
                     part[e0:e1, c0:c1] = piece
         return ParamBlocks(parts)
 
-    def unflatten(self, flat: Tensor) -> ParamBlocks:
-        return ParamBlocks([flat])
-
     def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
         f1, f2 = self.same_form(f1, f2)
         pairs = zip(f1.parts, f2.parts)
         if self.per_class:
             return sum(torch.einsum("icp,jdp->ijcd", a, b) for a, b in pairs)
         return sum(_flat(a) @ _flat(b).T for a, b in pairs)
-
-    def sq_norms(self, f: ParamBlocks) -> Tensor:
-        f = f if isinstance(f, ParamBlocks) else self.unflatten(f)
-        return sum(torch.linalg.vecdot(_flat(a), _flat(a)) for a in f.parts)
 
 
 class SummedGradientFeatures(JacobianFeatures):
@@ -315,7 +319,7 @@ def _layer_inner(a: Tensor, b: Tensor) -> Tensor:
     return a @ b.T
 
 
-class ActivationFeatures(FeatureMap):
+class ActivationFeatures(PieceFeatureMap):
     r"""Layer activations: ck (input of one layer) and embedding (outputs of several).
 
     Per-token activations (B, T, ...) of padded text batches have padded positions zeroed, so
@@ -353,13 +357,6 @@ class ActivationFeatures(FeatureMap):
         values = [v.expand(b, *v.shape[1:]) if v.shape[0] == 1 < b else v for v in values]
         return ParamBlocks([_layer_feature(v, mask) for v in values])
 
-    def unflatten(self, flat: Tensor) -> ParamBlocks:
-        return ParamBlocks([flat])
-
     def inner(self, f1: ParamBlocks, f2: ParamBlocks) -> Tensor:
         f1, f2 = self.same_form(f1, f2)
         return sum(_layer_inner(a, b) for a, b in zip(f1.parts, f2.parts))
-
-    def sq_norms(self, f: ParamBlocks) -> Tensor:
-        f = f if isinstance(f, ParamBlocks) else self.unflatten(f)
-        return sum(torch.linalg.vecdot(_flat(a), _flat(a)) for a in f.parts)
