@@ -123,6 +123,27 @@ def test_logsumexp_margin():
 
 
 # --------------------------------------------------------------------------- harness
+def test_shared_seeds_remove_seed_noise_from_the_ground_truth():
+    """Common random numbers: the seed's noise is the same offset in every subset, so the
+    LDS of the true additive scores is 1 however loud it is; independent seeds drown it."""
+    tau = make_tau()
+    harness = RetrainingHarness(AdditiveTask(tau, noise=30.0), read_outputs, 40)
+    shared = harness.subset_ground_truth(num_subsets=30, runs=2, seed=1, shared_seeds=True)
+    assert torch.equal(shared.seeds, torch.tensor([[1_000_004, 1_000_005]] * 30))
+    assert torch.equal(shared.masks, draw_subsets(40, 30, 0.5, 1))
+    assert linear_datamodeling_score(tau, shared.masks, shared.outputs) == pytest.approx(1.0)
+    assert shared.run_agreement() == pytest.approx(1.0)
+    independent = harness.subset_ground_truth(num_subsets=30, runs=2, seed=1)
+    assert len(set(independent.seeds.flatten().tolist())) == 60
+    assert torch.equal(independent.masks, shared.masks)
+    assert linear_datamodeling_score(tau, independent.masks, independent.outputs) < 0.6
+    # the noise floor: one run barely predicts the other on the same subsets
+    agreement = independent.run_agreement()
+    assert -0.4 < agreement < 0.4
+    one_run = harness.subset_ground_truth(num_subsets=5, runs=1, seed=1, shared_seeds=True)
+    assert np.isnan(one_run.run_agreement())
+
+
 def test_harness_resumes_bit_identically_after_an_interruption(tmp_path):
     tau = make_tau()
     reference = RetrainingHarness(AdditiveTask(tau, noise=0.3), read_outputs, 40)
@@ -298,6 +319,7 @@ def test_alpha_auto_adds_counterfactual_consistency_to_faithfulness():
     res = both.cv_results_
     assert res["consistency"].shape == res["mean_tau"].shape
     total = res["mean_tau"] + 0.5 * res["consistency"]
+    total = np.where(res["consistency"] < 0.5 * res["consistency"].max(), -np.inf, total)
     best = int(np.argmax(total))
     tau_se = res["std_tau"][best] / np.sqrt(res["fold_tau"].shape[1])
     error = np.hypot(tau_se, 0.5 * res["consistency_se"][best])
@@ -317,6 +339,11 @@ def test_alpha_auto_adds_counterfactual_consistency_to_faithfulness():
     assert select_alpha([1.0, 0.1], dict(flat, consistency=np.array([0.1, np.nan])), 0.5) == 0.1
     noisy = dict(flat, std_tau=np.array([0.0, 0.2]), consistency=np.array([0.1, np.nan]))
     assert select_alpha([1.0, 0.1], noisy, 0.5) == 1.0  # SE 0.1 at the best alpha
+    # the floor: an alpha whose consistency is under half the grid's best is not eligible,
+    # however faithful (here 0.9 + 0.5 * 0.15 would beat 0.5 + 0.5 * 0.4)
+    collapse = dict(flat, mean_tau=np.array([0.5, 0.9]), consistency=np.array([0.4, 0.15]))
+    assert select_alpha([1.0, 0.1], collapse, 0.5) == 1.0
+    assert select_alpha([1.0, 0.1], dict(collapse, consistency=np.array([0.4, 0.25])), 0.5) == 0.1
     with pytest.raises(ValueError, match="consistency_weight"):
         KernelGLM(loss="squared", consistency_weight=-1).fit(kernel, logits, labels=y)
 

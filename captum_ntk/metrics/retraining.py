@@ -28,17 +28,20 @@ and every rank receives every output).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..store.atomic import read_json, write_json_atomic
+from ..surrogate.consistency import columnwise_spearman
 from .datamodels import draw_subsets
 from .scores import correct_class_margin
 
@@ -106,6 +109,28 @@ class SubsetGroundTruth:
     def outputs(self) -> Tensor:
         """``(M, n_test)`` outputs averaged over the retrainings of each subset."""
         return self.run_outputs.mean(dim=1)
+
+    def run_agreement(self) -> float:
+        r"""How well one retraining's outputs predict another's on the same subsets: the mean
+        over test examples (and over pairs of runs) of their Spearman correlation over the M
+        subsets. The noise floor of the ground truth: with independent seeds per subset, a
+        network that is 99% accurate on an easy task can give about 0 (the seed, not the
+        subset, moves its margins), and no attribution can then score an LDS above noise.
+
+        Returns:
+            float: the agreement in ``[-1, 1]``; NaN with one run per subset.
+        """
+        runs = self.run_outputs.shape[1]
+        pairs = [(a, b) for a in range(runs) for b in range(a + 1, runs)]
+        if not pairs:
+            return math.nan
+        values = [
+            np.nanmean(
+                columnwise_spearman(self.run_outputs[:, a].numpy(), self.run_outputs[:, b].numpy())
+            )
+            for a, b in pairs
+        ]
+        return float(np.mean(values))
 
 
 def _job_key(indices: Tensor, seed: int) -> str:
@@ -268,17 +293,25 @@ class RetrainingHarness:
         *,
         subset_fraction: float = 0.5,
         seed: int = 0,
+        shared_seeds: bool = False,
     ) -> SubsetGroundTruth:
         r"""Retrains on ``num_subsets`` random subsets, ``runs`` times each: the LDS ground truth.
 
         Subsets come from :func:`~captum_ntk.metrics.datamodels.draw_subsets`; retraining
-        ``r`` of subset ``m`` uses seed ``seed * 1_000_003 + m * runs + r + 1``.
+        ``r`` of subset ``m`` uses seed ``seed * 1_000_003 + m * runs + r + 1`` (TRAK's
+        protocol: every retraining its own seed), or with ``shared_seeds`` seed
+        ``seed * 1_000_003 + r + 1`` for every subset (common random numbers: run ``r`` of every
+        subset starts from the same initialisation and draws its batches from the same random
+        stream, so the outputs differ by the subset and not by the seed). Shared seeds measure
+        how one training run responds to its data, and keep an LDS measurable where seed noise
+        swamps the subset's effect (:meth:`SubsetGroundTruth.run_agreement` near 0).
 
         Args:
             num_subsets (int): M. Default: 100.
             runs (int): retrainings per subset R (different seeds). Default: 1.
             subset_fraction (float): fraction of the training set per subset. Default: 0.5.
             seed (int): seed of the subsets and of the retrainings. Default: 0.
+            shared_seeds (bool): run ``r`` of every subset uses the same seed. Default: False.
 
         Returns:
             SubsetGroundTruth: masks ``(M, N)``, outputs ``(M, R, n_test)``, seeds ``(M, R)``.
@@ -286,7 +319,11 @@ class RetrainingHarness:
         if int(runs) < 1:
             raise ValueError(f"runs must be >= 1, got {runs}")
         masks = draw_subsets(self.num_train, num_subsets, subset_fraction, seed)
-        seeds = seed * 1_000_003 + torch.arange(num_subsets * runs).reshape(num_subsets, runs) + 1
+        if shared_seeds:
+            seeds = seed * 1_000_003 + torch.arange(runs).repeat(num_subsets, 1) + 1
+        else:
+            seeds = seed * 1_000_003 + torch.arange(num_subsets * runs).reshape(num_subsets, runs)
+            seeds = seeds + 1
         jobs = [
             (torch.nonzero(masks[m])[:, 0], int(seeds[m, r]))
             for m in range(num_subsets)

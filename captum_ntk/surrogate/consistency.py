@@ -144,15 +144,29 @@ def counterfactual_consistency(
 #: Refits per alpha of :func:`counterfactual_consistency` in ``alpha="auto"``.
 CONSISTENCY_SUBSETS = 16
 
+#: ``alpha="auto"`` considers only the alphas whose self-consistency is at least this fraction
+#: of the grid's best (:func:`select_alpha`).
+CONSISTENCY_FLOOR = 0.5
+
 
 def select_alpha(
-    alphas: Sequence[float], cv_results: dict[str, np.ndarray], weight: float
+    alphas: Sequence[float],
+    cv_results: dict[str, np.ndarray],
+    weight: float,
+    floor: float = CONSISTENCY_FLOOR,
 ) -> float:
     r"""The alpha maximising held-out tau plus ``weight`` times counterfactual self-consistency,
-    with the one-standard-error rule toward larger alpha.
+    among the alphas whose consistency is at least :data:`CONSISTENCY_FLOOR` times the grid's
+    best, with the one-standard-error rule toward larger alpha.
 
     Both are rank correlations in ``[-1, 1]`` on held-out training points; an alpha whose
-    consistency is undefined (NaN) counts its tau only. The chosen alpha is the largest whose
+    consistency is undefined (NaN) counts its tau only. The floor keeps the choice out of the
+    near-interpolating regime, where the consistency has fallen below half of its best and the
+    kGLM's attributions stop predicting retrained networks while held-out tau still rises by a
+    few hundredths (``python benchmarks/alpha_selection.py``: the digits CNN's pNTK has LDS
+    0.141 at the alpha 1e-2 chosen with the floor, 0.035 at the 1e-6 chosen without it; the
+    MNIST 0/1 row of ``captum-ntk reproduce``: docs/reproduce.md). The chosen alpha is the
+    largest whose
     score lies within one standard error of the best score (at the best alpha: the standard
     error of tau over the folds and that of the consistency over the held-out points,
     combined): where the curve is flat within its noise the choice goes to the more
@@ -163,12 +177,16 @@ def select_alpha(
         cv_results (dict): ``"mean_tau"``, ``"std_tau"`` ``(G,)``, ``"fold_tau"`` ``(G, k)``,
                     ``"consistency"`` and ``"consistency_se"`` ``(G,)``.
         weight (float): weight of the consistency (``KernelGLM(consistency_weight=)``).
+        floor (float): the eligible alphas' least consistency, as a fraction of the grid's
+                    best (0: every alpha). Default: :data:`CONSISTENCY_FLOOR`.
 
     Returns:
         float: the chosen alpha.
     """
     lds = cv_results["consistency"]
     total = weight * np.where(np.isnan(lds), 0.0, lds) + cv_results["mean_tau"]
+    if np.isfinite(lds).any() and np.nanmax(lds) > 0:
+        total = np.where(lds < floor * np.nanmax(lds), np.nan, total)
     if not np.isfinite(total).any():
         raise ValueError("alpha='auto' could not score any alpha; pass a float alpha.")
     best = int(np.nanargmax(total))

@@ -7,9 +7,8 @@ A kGLM predicts logits from the kernel between an input and the training set,
 Its "features" are kernel rows, so :meth:`KernelGLM.fit` takes the ``(N, N)`` train kernel and
 :meth:`KernelGLM.predict` a ``(n, N)`` test-by-train kernel. It can be fitted to labels (the
 paper), to the network's probabilities (cross-entropy with soft targets: a kGLM distilled from the
-network) or to the network's logits (squared loss: ridge regression of the network).
-
-This module is low-level: it imports nothing else from ``captum_ntk``.
+network) or to the network's logits (squared loss: ridge regression of the network). It imports
+only its own subpackage (``captum_ntk.surrogate``).
 """
 
 from __future__ import annotations
@@ -96,9 +95,10 @@ class KernelGLM(BaseEstimator):
     of huge opposite terms (no counterfactual information), so the criterion adds
     ``consistency_weight`` (default 0.5) times the kGLM's counterfactual self-consistency
     (:func:`~captum_ntk.surrogate.consistency.counterfactual_consistency`: the LDS of its
-    attributions of held-out points against its own refits on random halves of the rest);
-    the largest alpha within one standard error of the best wins; ``consistency_weight=0``
-    selects by tau alone (docs/counterfactual.md has the trade-off).
+    attributions of held-out points against its own refits on random halves of the rest), an
+    alpha whose consistency is under half the grid's best is not eligible, and the largest
+    alpha within one standard error of the best wins; ``consistency_weight=0`` selects by tau
+    alone (docs/counterfactual.md has the trade-off).
 
     Classes absent from hard labels (with ``num_classes``) get a zero ``coef_`` row and a finite
     intercept :data:`ABSENT_CLASS_MARGIN` (1000) below the smallest logit of any present class
