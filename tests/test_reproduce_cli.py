@@ -162,9 +162,15 @@ def test_lds_of_both_surrogates_against_retrained_networks(mnist_root, tmp_path)
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     lds = [r["lds"] for r in results["rows"]]
     assert len(lds) == 2 and all(-1 <= v <= 1 for v in lds)
+    paper, default = results["rows"]
+    assert paper["lds_protocol"] == default["lds_protocol"] == "6 subsets x 2 runs, shared seeds"
+    assert (paper["lds_gap"], paper["lds_gap_error"]) == (0.0, 0.0)
+    assert 0 < default["lds_error"] < 1 and 0 < default["lds_gap_error"] < 1
+    assert -1 <= paper["lds_agreement"] <= 1 and paper["lds_agreement"] == default["lds_agreement"]
     (cache,) = (store / "lds").iterdir()  # keyed by row, recipe and data
-    assert len(list((cache / "seed0").glob("*.json"))) >= 6  # cached retrainings
-    assert "LDS" in (tmp_path / "a" / "report.md").read_text()
+    assert len(list((cache / "seed0").glob("*.json"))) >= 12  # cached retrainings, 6 x 2
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Counterfactual validity (LDS)" in report and "run agreement" in report
     # a rerun reads the cached ground truth: same LDS
     argv[argv.index(str(tmp_path / "a"))] = str(tmp_path / "b")
     assert main(argv) == 0
@@ -175,6 +181,22 @@ def test_lds_of_both_surrogates_against_retrained_networks(mnist_root, tmp_path)
     argv[argv.index(str(tmp_path / "b"))] = str(tmp_path / "c")
     assert main(argv) == 0
     assert len(list((store / "lds").iterdir())) == 2
+    # TRAK's protocol: one run per subset, each with its own seed
+    argv[argv.index(str(tmp_path / "c"))] = str(tmp_path / "d")
+    assert main([*argv, "--lds-seeds", "independent", "--lds-runs", "1"]) == 0
+    rows = json.loads((tmp_path / "d" / "results.json").read_text())["rows"]
+    assert rows[0]["lds_protocol"] == "6 subsets x 1 runs, independent seeds"
+    assert rows[0]["lds_agreement"] is None or math.isnan(rows[0]["lds_agreement"])
+
+
+def test_lds_seed_choices_of_the_cli_are_the_module_s():
+    from captum_ntk.apps.cli import build_parser
+    from captum_ntk.apps.reproduce.lds import LDS_SEEDS
+
+    parser = build_parser()
+    sub = next(a for a in parser._subparsers._group_actions[0].choices["reproduce"]._actions
+               if a.dest == "lds_seeds")  # fmt: skip
+    assert tuple(sub.choices) == LDS_SEEDS
 
 
 def test_correct_class_scores_follow_the_one_logit_sign():

@@ -132,6 +132,23 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
         help="LDS of each surrogate against M networks retrained on random halves (default: "
         "0, off; retrains M networks: use with --quick or a small --n-train)",
     )
+    parser.add_argument(
+        "--lds-runs",
+        type=_positive,
+        default=2,
+        metavar="R",
+        help="retrainings per subset of the LDS ground truth, averaged (default: 2)",
+    )
+    parser.add_argument(
+        "--lds-seeds",
+        choices=("shared", "independent"),  # lds.LDS_SEEDS (not imported: no torch here)
+        default="shared",
+        help="shared: run r of every subset starts from the same seed (default; the binary "
+        "rows' margins move with the seed more than with the data); independent: TRAK's",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes for the LDS retrainings (default: 0)"
+    )
     parser.add_argument("--epochs", type=_positive, default=None, help="override the epochs")
     parser.add_argument("--lr", type=float, default=None, help="override the learning rate")
     parser.add_argument("--alpha", type=float, default=None, help="kGLM L2 (default: 1e-4)")
@@ -181,6 +198,9 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         estimate=not args.no_estimate,
         surrogates=args.surrogates,
         lds_subsets=args.lds_subsets,
+        lds_runs=args.lds_runs,
+        lds_seeds=args.lds_seeds,
+        workers=args.workers,
     )
     try:
         if args.quick:

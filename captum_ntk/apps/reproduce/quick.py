@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .loaders import find_file
-from .report import format_summary
+from .report import format_lds, format_summary
 from .rows import get_row
 from .runner import ReproduceConfig, run_reproduce
 
@@ -43,7 +43,7 @@ class QuickSize:
 #: 10 epochs, so the quick run uses 0.1 (the full row keeps 1e-3). The MLP reaches 0.98 in 50.
 QUICK_ROWS: dict[str, QuickSize] = {
     "mlp-mnist2": QuickSize(1000, 400, 50, lds_subsets=32),
-    "cnn-mnist2": QuickSize(1000, 400, 10, lr=0.1),
+    "cnn-mnist2": QuickSize(1000, 400, 10, lds_subsets=32, lr=0.1),
     "cnn-cifar2": QuickSize(1000, 400, 5),
     "cnn-fmnist2": QuickSize(1000, 400, 5),
 }
@@ -123,6 +123,8 @@ def run_quick(
             f"{n}: {QUICK_ROWS[n].n_train} train / {QUICK_ROWS[n].n_test} test, "
             f"{QUICK_ROWS[n].epochs} epochs" for n in results
         ))  # fmt: skip
-        for title, summary in tables:
+        for name, (title, summary) in zip(results, tables, strict=True):
             log(format_summary(title, summary))
+            for line in format_lds(results[name]["rows"]):
+                log(f"  {line}")
     return results

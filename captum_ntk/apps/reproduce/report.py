@@ -11,7 +11,7 @@ import numpy as np
 
 from ..demo.table import jsonable
 
-__all__ = ["aggregate", "format_summary", "jsonable", "write_outputs"]
+__all__ = ["aggregate", "format_lds", "format_summary", "jsonable", "write_outputs"]
 
 _METRICS = ("tau_paper", "tau", "tad", "r_miss", "acc_nn", "acc_kglm", "r2_linear", "lds")
 
@@ -120,6 +120,26 @@ def format_summary(title: str, summary: list[dict[str, Any]], markdown: bool = F
     return "\n".join(lines)
 
 
+def format_lds(rows: list[dict[str, Any]]) -> list[str]:
+    r"""One line per (seed, surrogate) with an LDS: its value ± the standard error over test
+    examples, its paired difference from the first surrogate, the ground truth's protocol and
+    run agreement (its noise floor: how well one retraining predicts another)."""
+    lines, first = [], {}
+    for r in rows:
+        if "lds_error" not in r:
+            continue
+        first.setdefault(r["seed"], r["surrogate"])
+        gap = ""
+        if r["surrogate"] != first[r["seed"]]:
+            gap = f", {r['lds_gap']:+.3f} ± {r['lds_gap_error']:.3f} vs {first[r['seed']]}"
+        lines.append(
+            f"seed {r['seed']} {r['kernel']} {r['surrogate']}: LDS {r['lds']:.3f} ± "
+            f"{r['lds_error']:.3f}{gap} ({r['lds_protocol']}; run agreement "
+            f"{_num(r['lds_agreement'])})"
+        )
+    return lines
+
+
 def _report(results: dict[str, Any], text_lines: list[str]) -> str:
     cfg = results["config"]
     lines = [
@@ -138,8 +158,10 @@ def _report(results: dict[str, Any], text_lines: list[str]) -> str:
         "classes); 'default' is this library's fit_surrogate() (fitted to the network, alpha "
         "chosen by held-out tau and counterfactual self-consistency). TAD = acc(kGLM) - acc(NN); "
         "R_miss: misclassification coincidence; LDS: linear datamodeling score on a reduced "
-        "retrained ground truth (--lds-subsets; n/a when not run). ± is the standard error over "
-        "seeds.",
+        "retrained ground truth (--lds-subsets; n/a when not run; below: ± over test examples, "
+        "the difference between the surrogates, and the ground truth's run agreement, the "
+        "Spearman correlation of two retrainings of the same subsets, its noise floor). ± in "
+        "the table is the standard error over seeds.",
         "",
         f"Data: {cfg['data_root']} ({results['n_train']} train / {results['n_test']} test). "
         f"Seeds {cfg['seeds']}, device {cfg['device']}, total {results['total_seconds']:.1f} s.",
@@ -160,6 +182,9 @@ def _report(results: dict[str, Any], text_lines: list[str]) -> str:
             f"{_num(r.get('tau_paper'))} | {r['tau']:.3f} | {r['tad']:+.3f} | "
             f"{_num(r['r_miss'])} | {r['acc_nn']:.3f} | {r['acc_kglm']:.3f} | {r['seconds']:.1f} |"
         )
+    lds = format_lds(results["rows"])
+    if lds:
+        lines += ["", "## Counterfactual validity (LDS)", "", *[f"- {line}" for line in lds]]
     if text_lines:
         lines += ["", "## Proponents (trNTK kGLM, seed 0)", "", *text_lines]
     if results["figures"]:

@@ -32,8 +32,8 @@ from .evaluate import (
     evaluate_kernel,
     test_logits,
 )
-from .lds import row_lds
-from .report import aggregate, format_summary, write_outputs
+from .lds import LdsMeasurement, row_lds
+from .report import aggregate, format_lds, format_summary, write_outputs
 from .rows import PAPER_ALPHA, RowSpec, get_row
 from .store import RowStore
 from .training import TrainSettings, train_model
@@ -68,6 +68,9 @@ class ReproduceConfig:
                 :data:`captum_ntk.apps.reproduce.evaluate.SURROGATES`).
         lds_subsets (int): M > 0 adds the LDS of the first kernel's surrogates against M
                 retrained networks (:mod:`captum_ntk.apps.reproduce.lds`). Default: 0 (off).
+        lds_runs (int): retrainings per subset. Default: 2.
+        lds_seeds (str): "shared" (default) or "independent" seeds for the retrainings.
+        workers (int): processes for the LDS retrainings (0: this one). Default: 0.
         model_path (Path, optional): local Hugging Face folder of the text rows.
         plots (bool): write figures. show_progress (bool): tqdm bars. estimate (bool): time a
                 few examples first and announce the expected duration.
@@ -90,6 +93,9 @@ class ReproduceConfig:
     batch_size: int = 64
     surrogates: tuple[str, ...] = SURROGATES
     lds_subsets: int = 0
+    lds_runs: int = 2
+    lds_seeds: str = "shared"
+    workers: int = 0
     model_path: Path | None = None
     plots: bool = True
     show_progress: bool = True
@@ -228,20 +234,29 @@ def _seed_run(
             class_one=class_one_logits(logits),
             show_progress=config.show_progress,
         )
-        lds = [math.nan] * len(results)
+        lds = LdsMeasurement([math.nan] * len(results))
         if config.lds_subsets > 0 and kernel == kernels[0]:
             settings = _settings(spec, config)
             cache = None if row_store is None else row_store.lds_dir(seed, settings)
-            lds = row_lds(spec, settings, data, results, config.lds_subsets,
-                          seed=seed, device=config.device, cache_dir=cache, log=log)  # fmt: skip
-        for result, value in zip(results, lds, strict=True):
+            lds = row_lds(spec, settings, data, results, config.lds_subsets, seed=seed,
+                          runs=config.lds_runs, seeds=config.lds_seeds, device=config.device,
+                          cache_dir=cache, workers=config.workers, log=log)  # fmt: skip
+        for i, result in enumerate(results):
             row = {
                 "seed": seed,
                 "train_seconds": train_seconds,
                 "num_parameters": num_parameters(model),
                 **result.row,
-                "lds": value,
+                "lds": lds.values[i],
             }
+            if lds.errors:
+                row.update(
+                    lds_error=lds.errors[i],
+                    lds_gap=lds.gaps[i][0],
+                    lds_gap_error=lds.gaps[i][1],
+                    lds_agreement=lds.agreement,
+                    lds_protocol=lds.protocol,
+                )
             rows.append(row)
             log(
                 f"[{spec.name}] seed {seed} {kernel:<10} {row['surrogate']:<8} tau_K (paper "
@@ -330,5 +345,7 @@ def run_reproduce(config: ReproduceConfig, log: Callable[[str], None] | None = N
     write_outputs(results, out, text_lines)
     log("")
     log(format_summary(spec.title, summary))
+    for line in format_lds(rows):
+        log(line)
     log(f"\nWrote {out / 'report.md'} and results.json.")
     return results
