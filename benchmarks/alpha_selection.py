@@ -8,7 +8,7 @@ log-probabilities), its LDS against the retrained networks, and what ``alpha="au
 the training set: held-out tau and counterfactual self-consistency. The table marks the alpha
 chosen by the rule without the consistency floor (``floor 0``) and with it (the default).
 
-    python benchmarks/alpha_selection.py --kernels trntk,pntk,ck,embedding
+    python benchmarks/alpha_selection.py --cache .lds_cache
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ CLASSES = {
     "pntk": cn.PNTKAttribution,
     "ck": cn.ConjugateKernelAttribution,
     "embedding": cn.EmbeddingKernelAttribution,
+    # attribution_quality.py's projection size
+    "proj_trntk": partial(cn.ProjTrNTKAttribution, projection_dim=2048),
+    "proj_pntk": partial(cn.ProjPNTKAttribution, projection_dim=2048),
 }
 
 
@@ -96,7 +100,7 @@ def table(name: str, kernel: str, row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="digits-mlp,digits-cnn")
-    parser.add_argument("--kernels", default="trntk,pntk,ck,embedding")
+    parser.add_argument("--kernels", default="trntk,trntk0,pntk,proj_trntk,proj_pntk,ck,embedding")
     parser.add_argument("--subsets", type=int, default=200)
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--cache", default=".lds_cache")
