@@ -142,6 +142,15 @@ def test_shared_seeds_remove_seed_noise_from_the_ground_truth():
     assert -0.4 < agreement < 0.4
     one_run = harness.subset_ground_truth(num_subsets=5, runs=1, seed=1, shared_seeds=True)
     assert np.isnan(one_run.run_agreement())
+    # three runs: the mean over the three pairs of the mean per-example Spearman correlation
+    three = harness.subset_ground_truth(num_subsets=12, runs=3, seed=2)
+    runs = three.run_outputs.numpy()
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    direct = np.mean([
+        np.mean([stats.spearmanr(runs[:, a, z], runs[:, b, z]).statistic for z in range(6)])
+        for a, b in pairs
+    ])  # fmt: skip
+    assert three.run_agreement() == pytest.approx(direct, abs=1e-12)
 
 
 def test_harness_resumes_bit_identically_after_an_interruption(tmp_path):

@@ -11,9 +11,10 @@ rank correlation), and the LDS is :func:`~captum_ntk.metrics.linear_datamodeling
 Seeds (``--lds-seeds``): ``shared`` (default) trains run ``r`` of every subset from the same
 seed, so the margins differ by the subset and not by the initialisation; ``independent`` gives
 every retraining its own seed (TRAK's protocol). On the binary rows the independent protocol
-has no signal at a CPU-sized M: two retrainings of the same halves agree to about 0.01
-(:meth:`~captum_ntk.metrics.SubsetGroundTruth.run_agreement`, reported as the ground truth's
-"run agreement"), so every attribution scores about 0 there (docs/reproduce.md).
+has no signal at a CPU-sized M: two retrainings of the same halves of the quick MNIST2 MLP
+agree to 0.005 (:meth:`~captum_ntk.metrics.SubsetGroundTruth.run_agreement`, reported as the
+ground truth's "run agreement"), so every attribution scores about 0 there
+(``benchmarks/reproduce_lds.py``, docs/reproduce.md).
 
 Retraining is the cost: M x R networks. Use it at ``--quick`` sizes or with small
 ``--n-train``; a full MNIST2 row retrains 100-epoch networks.
