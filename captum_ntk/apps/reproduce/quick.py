@@ -2,8 +2,9 @@ r"""``captum-ntk reproduce --quick``: every CPU-feasible row at reduced sizes, i
 
 For a newcomer who wants the table before committing hours: each binary row (MNIST2 MLP, MNIST2
 CNN, CIFAR2 CNN, FMNIST2 CNN) trains one network on a balanced subset for a few epochs, then
-reports the paper's surrogate and this library's default side by side, as a full run does. The
-numbers are those of the reduced setting, not the paper's (the report says so).
+reports the paper's surrogate and this library's default side by side, as a full run does, with
+the LDS of both on the MNIST2 rows (32 halves x 2 shared-seed retrainings). The numbers are those
+of the reduced setting, not the paper's (the report says so).
 
 The data of each row is looked for under ``--data-root`` in torchvision's layout
 (``MNIST/``, ``FashionMNIST/``, ``cifar-10-batches-py/``, each possibly with ``raw/``), or in
