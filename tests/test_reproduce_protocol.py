@@ -59,3 +59,34 @@ def test_the_default_surrogate_gets_a_difference_not_a_verdict() -> None:
         entry[f"{metric}_mean"], entry[f"{metric}_se"] = 0.956, float("nan")
     table = format_summary("CNN (MNIST2)", [entry])
     assert "+0.099" in table and "OUTSIDE" not in table and "within" not in table
+
+
+def test_lds_lines_give_the_paired_difference_and_a_plain_verdict():
+    from captum_ntk.apps.reproduce.report import format_lds
+
+    base = {"seed": 0, "kernel": "trntk", "lds_protocol": "32 subsets x 2 runs, shared seeds",
+            "lds_agreement": 0.4, "lds_error": 0.01}  # fmt: skip
+    rows = [
+        {**base, "surrogate": "paper", "lds": 0.4, "lds_gap": 0.0, "lds_gap_error": 0.0},
+        {**base, "surrogate": "default", "lds": 0.2, "lds_gap": -0.2, "lds_gap_error": 0.01},
+        {**base, "seed": 1, "surrogate": "paper", "lds": 0.3, "lds_gap": 0.0, "lds_gap_error": 0.0},
+        {
+            **base,
+            "seed": 1,
+            "surrogate": "default",
+            "lds": 0.31,
+            "lds_gap": 0.01,
+            "lds_gap_error": 0.01,
+        },  # fmt: skip
+        {"seed": 2, "kernel": "trntk", "surrogate": "paper", "lds": float("nan")},  # no LDS run
+    ]
+    lines = format_lds(rows)
+    assert len(lines) == 4
+    assert lines[0] == (
+        "seed 0 trntk paper: LDS 0.400 ± 0.010 (32 subsets x 2 runs, shared seeds; run "
+        "agreement 0.400)"
+    )
+    assert lines[1].endswith(
+        "-0.200 ± 0.010 vs paper: BELOW (32 subsets x 2 runs, shared seeds; run agreement 0.400)"
+    )
+    assert "+0.010 ± 0.010 vs paper: tied within noise" in lines[3]

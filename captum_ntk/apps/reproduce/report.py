@@ -120,6 +120,15 @@ def format_summary(title: str, summary: list[dict[str, Any]], markdown: bool = F
     return "\n".join(lines)
 
 
+def _lds_verdict(gap: float, error: float) -> str:
+    """'below' / 'above' when the paired difference is over two standard errors from 0."""
+    if not (math.isfinite(gap) and math.isfinite(error)):
+        return "n/a"
+    if abs(gap) <= 2 * error:
+        return "tied within noise"
+    return "BELOW" if gap < 0 else "above"
+
+
 def format_lds(rows: list[dict[str, Any]]) -> list[str]:
     r"""One line per (seed, surrogate) with an LDS: its value ± the standard error over test
     examples, its paired difference from the first surrogate, the ground truth's protocol and
@@ -131,7 +140,10 @@ def format_lds(rows: list[dict[str, Any]]) -> list[str]:
         first.setdefault(r["seed"], r["surrogate"])
         gap = ""
         if r["surrogate"] != first[r["seed"]]:
-            gap = f", {r['lds_gap']:+.3f} ± {r['lds_gap_error']:.3f} vs {first[r['seed']]}"
+            gap = (
+                f", {r['lds_gap']:+.3f} ± {r['lds_gap_error']:.3f} vs {first[r['seed']]}: "
+                f"{_lds_verdict(r['lds_gap'], r['lds_gap_error'])}"
+            )
         lines.append(
             f"seed {r['seed']} {r['kernel']} {r['surrogate']}: LDS {r['lds']:.3f} ± "
             f"{r['lds_error']:.3f}{gap} ({r['lds_protocol']}; run agreement "
