@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ...metrics import RetrainingHarness, linear_datamodeling_score, margin_output
 from .data import RowData
 from .evaluate import KernelResult
+from .report import mean_se
 from .rows import RowSpec
 from .training import TrainSettings, train_model
 
@@ -92,13 +93,6 @@ class LdsMeasurement:
     protocol: str = ""
 
 
-def _mean_se(values: Tensor) -> tuple[float, float]:
-    values = values[~torch.isnan(values)]
-    if values.numel() < 2:
-        return (float(values.mean()) if values.numel() else math.nan), math.nan
-    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
-
-
 def row_lds(
     spec: RowSpec,
     settings: TrainSettings,
@@ -156,11 +150,11 @@ def row_lds(
         )[1]
         for r in results
     ]  # fmt: skip
-    stats = [_mean_se(values) for values in per_example]
+    stats = [mean_se(values.tolist()) for values in per_example]
     return LdsMeasurement(
         values=[v for v, _ in stats],
         errors=[e for _, e in stats],
-        gaps=[_mean_se(values - per_example[0]) for values in per_example],
+        gaps=[mean_se((values - per_example[0]).tolist()) for values in per_example],
         agreement=truth.run_agreement(),
         protocol=protocol,
     )

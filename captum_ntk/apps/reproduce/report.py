@@ -11,7 +11,7 @@ import numpy as np
 
 from ..demo.table import jsonable
 
-__all__ = ["aggregate", "format_lds", "format_summary", "jsonable", "write_outputs"]
+__all__ = ["aggregate", "format_lds", "format_summary", "jsonable", "mean_se", "write_outputs"]
 
 _METRICS = ("tau_paper", "tau", "tad", "r_miss", "acc_nn", "acc_kglm", "r2_linear", "lds")
 
@@ -20,7 +20,8 @@ _METRICS = ("tau_paper", "tau", "tad", "r_miss", "acc_nn", "acc_kglm", "r2_linea
 PAPER_TOLERANCE = 0.03
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (ddof 1) of the finite values; NaN where undefined."""
     finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if finite.size == 0:
         return math.nan, math.nan
@@ -55,7 +56,7 @@ def aggregate(rows: list[dict[str, Any]], paper: dict[str, float]) -> list[dict[
         }
         for metric in _METRICS:
             values = [r.get(metric, math.nan) for r in mine]
-            entry[f"{metric}_mean"], entry[f"{metric}_se"] = _mean_se(values)
+            entry[f"{metric}_mean"], entry[f"{metric}_se"] = mean_se(values)
         summary.append(entry)
     return summary
 
