@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...engine.data.inputs import ModelInputs
 from ...engine.modes import check_mode
-from ...kernels import build_feature_map, kernel_matrix
+from ...kernels import auto_batch_size, build_feature_map, kernel_matrix
+from ...kernels.matrix import default_memory_limit
 from .data import RowData
 from .training import TrainSettings, train_model
 
@@ -33,17 +35,12 @@ def _slice(inputs: Any, n: int) -> Any:
     return inputs[:n]
 
 
-def _kernel_seconds(model: nn.Module, inputs: Any, m: int, device: str) -> float:
+def _kernel_seconds(model: nn.Module, inputs: Any, m: int, device: str, memory_limit: int) -> float:
+    """Seconds of the exact trNTK of m examples, blocked as the row's run blocks them."""
     batch = _slice(inputs, m)
     start = time.perf_counter()
     kernel_matrix(
-        model,
-        batch,
-        kernel="trntk",
-        device=device,
-        eval_mode=True,
-        batch_size=m,
-        memory_limit=16 * 2**30,
+        model, batch, kernel="trntk", device=device, eval_mode=True, memory_limit=memory_limit
     )
     return time.perf_counter() - start
 
@@ -59,10 +56,13 @@ def _train_seconds(model: nn.Module, data: RowData, settings: TrainSettings, ste
     return time.perf_counter() - start
 
 
-def _pair_seconds(model: nn.Module, inputs: Any, m: int, device: str) -> float:
-    """Seconds per pair of the exact trNTK's contraction, timed on the features of m examples."""
+def _pair_seconds(model: nn.Module, inputs: Any, m: int, device: str, memory_limit: int) -> float:
+    """Seconds per pair of the exact trNTK's contraction, timed on the features of at most m
+    examples (as many as one block of the row's run holds)."""
     with check_mode(model, True):
-        fmap = build_feature_map(model, "trntk", device=device, memory_limit=16 * 2**30)
+        fmap = build_feature_map(model, "trntk", device=device, memory_limit=memory_limit)
+        probe = ModelInputs.from_user(_slice(inputs, m))
+        m = max(1, min(m, auto_batch_size(fmap, probe, memory_limit)))
         feats = fmap(ModelInputs.from_user(_slice(inputs, m)))
         fmap.inner(feats, feats)  # warm-up
         reps, start = 3, time.perf_counter()
@@ -72,7 +72,11 @@ def _pair_seconds(model: nn.Module, inputs: Any, m: int, device: str) -> float:
 
 
 def estimate_seconds(
-    model: nn.Module, data: RowData, settings: TrainSettings, device: str
+    model: nn.Module,
+    data: RowData,
+    settings: TrainSettings,
+    device: str,
+    memory_limit: int | None = None,
 ) -> dict[str, float]:
     r"""Extrapolated seconds of training and of the exact trNTK for the row's sizes.
 
@@ -82,13 +86,18 @@ def estimate_seconds(
     between 8 and 32 examples, less their pairs, so set-up and probes are paid once) times
     ``n_train + n_test``, plus a cost per pair (the feature map's contraction timed on 32
     examples' features) times the pairs computed (the symmetric train kernel's upper triangle
-    and test x train). Rough by design: a guide for choosing ``--device`` and ``--n-train``.
+    and test x train). The kernels are timed under the row's own memory budget (the device's
+    default, :func:`~captum_ntk.kernels.matrix.default_memory_limit`: 2 GiB on a CPU), so the
+    estimate blocks the examples as the run will and takes no more memory than it. Rough by
+    design: a guide for choosing ``--device`` and ``--n-train``.
 
     Args:
         model (nn.Module): an untrained copy of the row's network (it is trained a little).
         data (RowData): the row's data.
         settings (TrainSettings): the training recipe.
         device (str): the device the row will run on.
+        memory_limit (int, optional): bytes for the kernels' blocks. Default: the device's
+                    default budget (the one the row's kernels are computed with).
 
     Returns:
         dict: ``{"train": s, "kernel": s, "total": s}``.
@@ -103,9 +112,11 @@ def estimate_seconds(
     if per_step == 0.0:
         per_step = t_long / max(steps_long, 1)
     train = per_step * settings.epochs * -(-n // settings.batch_size)
-    t8 = _kernel_seconds(model, data.x_train, 8, device)
-    t32 = _kernel_seconds(model, data.x_train, 32, device)
-    per_pair = _pair_seconds(model, data.x_train, 32, device)
+    if memory_limit is None:
+        memory_limit = default_memory_limit(torch.device(device))
+    t8 = _kernel_seconds(model, data.x_train, 8, device, memory_limit)
+    t32 = _kernel_seconds(model, data.x_train, 32, device, memory_limit)
+    per_pair = _pair_seconds(model, data.x_train, 32, device, memory_limit)
     # per example: the slope between 8 and 32 examples, less their pairs (set-up paid once)
     per_example = max((t32 - t8 - per_pair * (32**2 - 8**2) / 2) / 24, 0.0)
     n_test = len(data.y_test)
