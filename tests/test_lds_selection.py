@@ -1,0 +1,119 @@
+"""select_by_lds: choose on validation test examples, report the LDS on held-out ones."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from captum_ntk.metrics import LdsSelection, select_by_lds
+
+
+def _ground_truth(n_test: int = 20, n_train: int = 40, m: int = 30, noise: float = 0.05):
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(m, n_train, generator=gen) < 0.5
+    true = torch.randn(n_test, n_train, generator=gen, dtype=torch.float64)
+    outputs = masks.double() @ true.T + noise * torch.randn(m, n_test, generator=gen).double()
+    return masks, outputs, true
+
+
+def _reference_lds(scores: torch.Tensor, masks, outputs, examples) -> list[float]:
+    """Per-example Spearman by scipy, independently of the library's rank code."""
+    predictions = masks.double().numpy() @ scores.numpy().T
+    return [spearmanr(predictions[:, z], outputs.numpy()[:, z])[0] for z in examples.tolist()]
+
+
+def test_the_true_datamodel_wins_and_holds_up_on_held_out_examples() -> None:
+    masks, outputs, true = _ground_truth()
+    gen = torch.Generator().manual_seed(1)
+    candidates = {
+        "noise": torch.randn(true.shape, generator=gen, dtype=torch.float64),
+        "true": true,
+        "negated": -true,
+    }
+    choice = select_by_lds(candidates, masks, outputs)
+    assert isinstance(choice, LdsSelection)
+    assert choice.best == "true"
+    assert choice.held_out["true"][0] > 0.9
+    assert choice.held_out["negated"][0] < -0.9
+    assert abs(choice.held_out["noise"][0]) < 0.5
+    assert "chosen" in [line for line in choice.summary().splitlines() if "| true |" in line][0]
+
+
+def test_values_match_scipy_on_each_part() -> None:
+    masks, outputs, true = _ground_truth(noise=3.0)  # noisy: correlations well inside (-1, 1)
+    noisy = true + torch.randn(true.shape, generator=torch.Generator().manual_seed(2)).double()
+    choice = select_by_lds({"a": noisy, "b": true}, masks, outputs, validation_fraction=0.3)
+    for name, scores in (("a", noisy), ("b", true)):
+        val = _reference_lds(scores, masks, outputs, choice.validation_examples)
+        held = _reference_lds(scores, masks, outputs, choice.held_out_examples)
+        assert choice.validation[name] == pytest.approx(np.mean(val), abs=1e-12)
+        assert choice.held_out[name][0] == pytest.approx(np.mean(held), abs=1e-12)
+        se = np.std(held, ddof=1) / math.sqrt(len(held))
+        assert choice.held_out[name][1] == pytest.approx(se, abs=1e-12)
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    masks, outputs, true = _ground_truth(n_test=21)
+    first = select_by_lds({"t": true}, masks, outputs, validation_fraction=0.3, seed=5)
+    again = select_by_lds({"t": true}, masks, outputs, validation_fraction=0.3, seed=5)
+    other = select_by_lds({"t": true}, masks, outputs, validation_fraction=0.3, seed=6)
+    val, held = first.validation_examples, first.held_out_examples
+    assert val.numel() == round(0.3 * 21) and held.numel() == 21 - val.numel()
+    assert sorted(torch.cat([val, held]).tolist()) == list(range(21))
+    assert torch.equal(val, again.validation_examples)
+    assert not torch.equal(val, other.validation_examples)
+
+
+def test_repeated_runs_are_averaged_and_ties_go_to_the_first() -> None:
+    masks, outputs, true = _ground_truth()
+    runs = torch.stack([outputs, outputs + 0.01], dim=1)  # (M, R, n_test)
+    choice = select_by_lds({"first": true, "second": true.clone()}, masks, runs)
+    assert choice.best == "first"
+    assert choice.validation["first"] == choice.validation["second"]
+
+
+def test_bad_input_says_what_to_do() -> None:
+    masks, outputs, true = _ground_truth(n_test=3)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        select_by_lds({}, masks, outputs)
+    for fraction in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+            select_by_lds({"t": true}, masks, outputs, validation_fraction=fraction)
+    with pytest.raises(ValueError, match="leaves a part empty"):
+        select_by_lds({"t": true}, masks, outputs, validation_fraction=0.1)
+    with pytest.raises(ValueError, match="candidate 'wide'"):
+        select_by_lds({"t": true, "wide": torch.zeros(3, 41)}, masks, outputs)
+    with (
+        pytest.raises(ValueError, match="no candidate has a defined LDS"),
+        pytest.warns(RuntimeWarning),
+    ):
+        select_by_lds({"flat": torch.zeros(3, 40)}, masks, outputs)
+
+
+def test_select_by_lds_chooses_a_kglm_setting_on_a_retrained_digits_mlp() -> None:
+    # The documented use: a kGLM per setting, attributions of the ground truth's test examples,
+    # chosen on half of them and scored on the other half.
+    from dataclasses import replace
+
+    from torch.utils.data import TensorDataset
+
+    from captum_ntk import TrNTKAttribution
+    from captum_ntk.apps.counterfactual import get_task
+
+    task = replace(get_task("digits-mlp"), n_train=120, n_test=40, epochs=3)
+    x_train, y_train, x_test, y_test = task.data
+    truth = task.harness().subset_ground_truth(6, 1, seed=0, shared_seeds=True)
+    attr = TrNTKAttribution(task.train(torch.arange(120), seed=0), TensorDataset(x_train, y_train))
+    candidates = {}
+    for alpha in (1e-1, 1e-4):
+        attr.fit_surrogate(target="labels", alpha=alpha)
+        candidates[f"labels {alpha:g}"] = attr.attribute(x_test, target=y_test)
+    choice = select_by_lds(candidates, truth.masks, truth.outputs)
+    assert choice.best in candidates
+    assert all(math.isfinite(v) for v in choice.validation.values())
+    assert all(math.isfinite(lds) and error > 0 for lds, error in choice.held_out.values())
+    assert choice.validation_examples.numel() + choice.held_out_examples.numel() == 40
