@@ -30,7 +30,7 @@ from which training points a half holds in common with every test point (e.g. it
     #   ln -s S/lds/<key>/seed0 CACHE/mlp-mnist2-10000-100-0.001
     python benchmarks/reproduce_lds.py --data-root DIR --row mlp-mnist2 --n-train 10000 \
         --n-test 1960 --epochs 100 --lr 1e-3 --subsets 32 --runs 2 --independent-subsets 0 \
-        --cache CACHE
+        --margin-projection 4096 --cache CACHE
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _with_centred(entry: dict, result: KernelResult, labels: torch.Tensor, mean:
     return {**entry, "centred": correct_class_scores(centred, labels)}
 
 
-def surrogate_scores(model, data, seed: int) -> dict[str, dict]:
+def surrogate_scores(model, data, seed: int, margin_projection: int = 0) -> dict[str, dict]:
     """Correct-class scores and taus of the paper's kGLM, the default and the alpha curves."""
     logits = test_logits(model, data, "cpu")
     class_one = class_one_logits(logits)
@@ -121,8 +121,10 @@ def surrogate_scores(model, data, seed: int) -> dict[str, dict]:
                 {**row, "scores": correct_class_scores(result, data.y_test)},
                 result, data.y_test, mean,
             )  # fmt: skip
-    margin = MarginNTKAttribution(model, TensorDataset(data.x_train, data.y_train))
-    out["MarginNTKAttribution"] = {"scores": margin.influence((data.x_test, data.y_test))}
+    options = {"projection_dim": margin_projection, "seed": seed} if margin_projection else {}
+    margin = MarginNTKAttribution(model, TensorDataset(data.x_train, data.y_train), **options)
+    name = f"MarginNTKAttribution (projection {margin_projection})" if options else ""
+    out[name or "MarginNTKAttribution"] = {"scores": margin.influence((data.x_test, data.y_test))}
     return out
 
 
@@ -139,6 +141,12 @@ def main() -> None:
     parser.add_argument("--independent-subsets", type=int, default=32, help="0: skip")
     parser.add_argument("--cache", type=Path, default=Path(".lds_cache_reproduce"))
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--margin-projection",
+        type=int,
+        default=0,
+        help="MarginNTKAttribution's projection_dim (0: exact gradients, N x P numbers)",
+    )
     parser.add_argument("--json", type=Path, default=Path("reproduce_lds.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -152,7 +160,7 @@ def main() -> None:
     model = spec.build(0)
     train_model(model, data.x_train, data.y_train, settings, seed=0, show_progress=False)
     model.eval()
-    methods = surrogate_scores(model, data, 0)
+    methods = surrogate_scores(model, data, 0, args.margin_projection)
     harness = RetrainingHarness(
         _RowTrainer(spec, settings, data, "cpu"),
         margin_output(data.x_test, data.y_test),
