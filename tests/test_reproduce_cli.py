@@ -219,3 +219,33 @@ def test_correct_class_scores_follow_the_one_logit_sign():
         correct_class_scores(two, torch.tensor([1, 0]))[0],
         torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64),
     )
+
+
+def test_memory_gb_reaches_the_estimate_and_the_kernels(mnist_root, tmp_path, monkeypatch):
+    # --memory-gb sets the kernels' block budget and the estimate's (else the device default).
+    from captum_ntk.apps.reproduce import evaluate, runner
+
+    seen: dict[str, list] = {"estimate": [], "attribution": []}
+    real_estimate, real_attribution = runner.estimate_seconds, evaluate._attribution
+
+    def estimate(model, data, settings, device, memory_limit=None):
+        seen["estimate"].append(memory_limit)
+        return real_estimate(model, data, settings, device, memory_limit)
+
+    def attribution(*args, **kwargs):
+        attr = real_attribution(*args, **kwargs)
+        seen["attribution"].append(attr.memory_limit)
+        return attr
+
+    monkeypatch.setattr(runner, "estimate_seconds", estimate)
+    monkeypatch.setattr(evaluate, "_attribution", attribution)
+    argv = ["reproduce", "mlp-mnist2", "--data-root", str(mnist_root), "--n-train", "40",
+            "--n-test", "20", "--epochs", "1", "--kernels", "trntk", "--surrogates", "paper",
+            "--no-plots", "--no-progress", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main([*argv, "--memory-gb", "0.5"]) == 0
+    assert seen == {"estimate": [2**29], "attribution": [2**29]}
+    seen = {"estimate": [], "attribution": []}
+    assert main(argv) == 0
+    assert seen == {"estimate": [None], "attribution": [2 << 30]}  # the CPU default
+    with pytest.raises(SystemExit):
+        main([*argv, "--memory-gb", "0"])

@@ -28,6 +28,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _kernels(text: str) -> tuple[str, ...]:
     from .runner import KERNEL_CHOICES
 
@@ -160,6 +167,14 @@ def add_reproduce_parser(commands: argparse._SubParsersAction) -> argparse.Argum
         metavar="DIR",
         help="local Hugging Face folder for bert-cola (default: MiniLM)",
     )
+    parser.add_argument(
+        "--memory-gb",
+        type=_positive_float,
+        default=None,
+        metavar="G",
+        help="GiB for the kernels' blocks, and for the estimate (default: the device's, 2 GiB "
+        "on a CPU); more memory, larger blocks, faster exact kernels of big networks",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
@@ -192,6 +207,7 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         alpha=PAPER_ALPHA if args.alpha is None else args.alpha,
         projection_dim=args.projection_dim,
+        memory_limit=None if args.memory_gb is None else int(args.memory_gb * 2**30),
         model_path=args.model_path,
         plots=not args.no_plots,
         show_progress=not args.no_progress,

@@ -64,10 +64,13 @@ def _attribution(
     projection_dim: int,
     seed: int,
     store: Path | None,
+    memory_limit: int | None = None,
 ) -> NTKAttribution:
     options: dict[str, Any] = {}
     if kernel in PROJECTED:
         options = {"projection_dim": projection_dim, "seed": seed}
+    if memory_limit is not None:
+        options["memory_limit"] = memory_limit
     cls = ATTRIBUTION_CLASSES[kernel]
     if store is not None and "store" in inspect.signature(cls.__init__).parameters:
         options["store"] = store
@@ -120,6 +123,7 @@ def evaluate_kernel(
     show_progress: bool = True,
     surrogates: tuple[str, ...] = SURROGATES,
     class_one: Tensor | None = None,
+    memory_limit: int | None = None,
 ) -> list[KernelResult]:
     r"""Train and test kernels, then per surrogate: kGLM, tau_K (both protocols), TAD, R_miss and
     the linearization R^2.
@@ -140,6 +144,8 @@ def evaluate_kernel(
         surrogates (tuple of str): ``"paper"`` and / or ``"default"`` (see :data:`SURROGATES`).
         class_one (Tensor, optional): the network's (n,) class-1 logits on the test set
                 (:func:`class_one_logits`); default: computed here.
+        memory_limit (int, optional): bytes of the kernels' blocks (``--memory-gb``); default:
+                the device's default budget.
 
     Returns:
         list of KernelResult: one per surrogate, in the order asked.
@@ -154,6 +160,7 @@ def evaluate_kernel(
         projection_dim=projection_dim,
         seed=seed,
         store=row_store.features(seed, kernel) if row_store and kernel in PROJECTED else None,
+        memory_limit=memory_limit,
     )
 
     def compute() -> tuple[Tensor, Tensor]:

@@ -64,6 +64,8 @@ class ReproduceConfig:
         alpha (float): kGLM L2 strength. Default: 1e-4 (the authors' scripts).
         projection_dim (int): K of proj_trntk / proj_pntk. Default: 10240 (the paper's).
         batch_size (int): examples per kernel block. Default: 64.
+        memory_limit (int, optional): bytes of the kernels' blocks (``--memory-gb``), for the
+                estimate too. Default: the device's budget (2 GiB on a CPU).
         surrogates (tuple of str): "paper" and / or "default" (side by side, see
                 :data:`captum_ntk.apps.reproduce.evaluate.SURROGATES`).
         lds_subsets (int): M > 0 adds the LDS of the first kernel's surrogates against M
@@ -91,6 +93,7 @@ class ReproduceConfig:
     alpha: float = PAPER_ALPHA
     projection_dim: int = 10240
     batch_size: int = 64
+    memory_limit: int | None = None
     surrogates: tuple[str, ...] = SURROGATES
     lds_subsets: int = 0
     lds_runs: int = 2
@@ -186,7 +189,7 @@ def _predictions(logits: torch.Tensor) -> torch.Tensor:
 def _announce(spec: RowSpec, config: ReproduceConfig, data: RowData, log: Callable) -> dict:
     probe, _ = _network(spec, config, 10_000)
     settings = replace(spec.train, epochs=config.epochs or spec.train.epochs)
-    guess = estimate_seconds(probe, data, settings, config.device)
+    guess = estimate_seconds(probe, data, settings, config.device, config.memory_limit)
     n_kernels = len(config.kernels or spec.kernels)
     total = config.seeds * (guess["train"] + n_kernels * guess["kernel"])
     line = (
@@ -233,6 +236,7 @@ def _seed_run(
             surrogates=config.surrogates,
             class_one=class_one_logits(logits),
             show_progress=config.show_progress,
+            memory_limit=config.memory_limit,
         )
         lds = LdsMeasurement([math.nan] * len(results))
         if config.lds_subsets > 0 and kernel == kernels[0]:
