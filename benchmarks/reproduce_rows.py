@@ -9,6 +9,7 @@ row end to end at a small size
 process's maximum resident set size (``resource.getrusage``), which only grows.
 
     python benchmarks/reproduce_rows.py            # all image rows (+ bert-cola with --text)
+    python benchmarks/reproduce_rows.py --rows resnet34-cifar10 --memory-gb 8   # larger blocks
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default=",".join(n for n in ROWS if ROWS[n].build is not None))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--memory-gb", type=float, default=None, help="the kernels' block budget (reproduce's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
@@ -91,7 +95,8 @@ def main() -> None:
             continue
         data = _data(name)
         start = time.perf_counter()
-        guess = estimate_seconds(spec.build(0), data, spec.train, "cpu")
+        limit = None if args.memory_gb is None else int(args.memory_gb * 2**30)
+        guess = estimate_seconds(spec.build(0), data, spec.train, "cpu", limit)
         print(
             f"estimated {name:<20} N={len(data.y_train)}+{len(data.y_test)}: training "
             f"{format_duration(guess['train'])} ({spec.train.epochs} epochs), exact trNTK "
