@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from captum_ntk.metrics import LdsSelection, select_by_lds
+from captum_ntk.metrics import LdsSelectionResult, select_by_lds
 
 
 def _ground_truth(n_test: int = 20, n_train: int = 40, m: int = 30, noise: float = 0.05):
@@ -35,7 +35,7 @@ def test_the_true_datamodel_wins_and_holds_up_on_held_out_examples() -> None:
         "negated": -true,
     }
     choice = select_by_lds(candidates, masks, outputs)
-    assert isinstance(choice, LdsSelection)
+    assert isinstance(choice, LdsSelectionResult)
     assert choice.best == "true"
     assert choice.held_out["true"][0] > 0.9
     assert choice.held_out["negated"][0] < -0.9
@@ -69,11 +69,45 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
 
 
 def test_repeated_runs_are_averaged_and_ties_go_to_the_first() -> None:
-    masks, outputs, true = _ground_truth()
-    runs = torch.stack([outputs, outputs + 0.01], dim=1)  # (M, R, n_test)
-    choice = select_by_lds({"first": true, "second": true.clone()}, masks, runs)
+    masks, outputs, true = _ground_truth(noise=3.0)
+    wobble = 5 * torch.randn(outputs.shape, generator=torch.Generator().manual_seed(3)).double()
+    runs = torch.stack([outputs + wobble, outputs - wobble], dim=1)  # (M, R, n_test), mean: outputs
+    noisy = true + torch.randn(true.shape, generator=torch.Generator().manual_seed(4)).double()
+    candidates = {"first": noisy, "second": noisy.clone()}
+    choice = select_by_lds(candidates, masks, runs)
     assert choice.best == "first"
     assert choice.validation["first"] == choice.validation["second"]
+    on_mean = select_by_lds(candidates, masks, outputs)
+    on_first_run = select_by_lds(candidates, masks, runs[:, 0])
+    assert choice.validation["first"] == pytest.approx(on_mean.validation["first"], abs=1e-12)
+    assert abs(choice.validation["first"] - on_first_run.validation["first"]) > 0.05
+
+
+def test_candidates_are_ranked_on_the_same_examples() -> None:
+    # A candidate that attributes only one validation example (constant predictions, hence no
+    # correlation, everywhere else) must not win on that one example against a candidate that
+    # predicts every example fairly well.
+    masks, outputs, true = _ground_truth(n_test=20, noise=3.0)
+    dense = true + torch.randn(true.shape, generator=torch.Generator().manual_seed(5)).double()
+    first = select_by_lds({"dense": dense}, masks, outputs, seed=0)
+    keep = int(first.validation_examples[0])
+    sparse = torch.zeros_like(true)
+    sparse[keep] = true[keep]  # perfect on one example, nothing on the others
+    choice = select_by_lds({"sparse": sparse, "dense": dense}, masks, outputs, seed=0)
+    assert choice.best == "dense"
+    assert choice.validation["sparse"] == pytest.approx(
+        _reference_lds(true, masks, outputs, torch.tensor([keep]))[0] / 10, abs=1e-12
+    )
+    assert choice.defined["sparse"] == 0 and choice.defined["dense"] == 10
+    assert math.isnan(choice.held_out["sparse"][0])
+    assert "0 / 10" in choice.summary()
+
+
+def test_one_held_out_example_has_no_standard_error() -> None:
+    masks, outputs, true = _ground_truth(n_test=4)
+    choice = select_by_lds({"t": true}, masks, outputs, validation_fraction=0.75)
+    assert choice.held_out_examples.numel() == 1
+    assert math.isfinite(choice.held_out["t"][0]) and math.isnan(choice.held_out["t"][1])
 
 
 def test_bad_input_says_what_to_do() -> None:
@@ -88,7 +122,7 @@ def test_bad_input_says_what_to_do() -> None:
     with pytest.raises(ValueError, match="candidate 'wide'"):
         select_by_lds({"t": true, "wide": torch.zeros(3, 41)}, masks, outputs)
     with (
-        pytest.raises(ValueError, match="no candidate has a defined LDS"),
+        pytest.raises(ValueError, match="no candidate has a defined correlation"),
         pytest.warns(RuntimeWarning),
     ):
         select_by_lds({"flat": torch.zeros(3, 40)}, masks, outputs)

@@ -19,14 +19,14 @@ from .correlation import kendall_tau, pearson, spearman
 from .datamodels import datamodel_predictions, draw_subsets, linear_datamodeling_score
 from .faithfulness import faithfulness
 from .forensics import forensic_precision_recall
-from .lds_selection import LdsSelection, select_by_lds
+from .lds_selection import LdsSelectionResult, select_by_lds
 from .linearization import linearization
 from .removal import RemovalTestResult, removal_test
 from .retraining import RetrainingHarness, SubsetGroundTruth, margin_output
 from .scores import correct_class_log_probability, correct_class_margin, tied_pairs
 
 __all__ = [
-    "LdsSelection",
+    "LdsSelectionResult",
     "RemovalTestResult",
     "RetrainingHarness",
     "SubsetGroundTruth",

@@ -18,17 +18,20 @@ from torch import Tensor
 from ._checks import ArrayLike
 from .datamodels import linear_datamodeling_score
 
-__all__ = ["LdsSelection", "select_by_lds"]
+__all__ = ["LdsSelectionResult", "select_by_lds"]
 
 
 @dataclass
-class LdsSelection:
+class LdsSelectionResult:
     r"""What :func:`select_by_lds` returns.
 
     Attributes:
-        best (str): the candidate with the highest validation LDS.
-        validation (dict): candidate -> LDS on the validation examples.
-        held_out (dict): candidate -> ``(LDS, standard error)`` on the held-out examples.
+        best (str): the candidate with the highest validation score.
+        validation (dict): candidate -> validation score: the mean over *all* validation
+                    examples of the per-example LDS, an undefined one counting 0.
+        held_out (dict): candidate -> ``(LDS, standard error)`` over the held-out examples
+                    whose correlation is defined (as :func:`linear_datamodeling_score`).
+        defined (dict): candidate -> number of held-out examples with a defined correlation.
         validation_examples (Tensor): ``(n_val,)`` indices of the validation test examples.
         held_out_examples (Tensor): ``(n_test - n_val,)`` indices of the others.
     """
@@ -36,17 +39,31 @@ class LdsSelection:
     best: str
     validation: dict[str, float]
     held_out: dict[str, tuple[float, float]]
+    defined: dict[str, int]
     validation_examples: Tensor
     held_out_examples: Tensor
 
     def summary(self) -> str:
-        """A Markdown table: candidate, validation LDS, held-out LDS ± SE, the chosen one marked."""
-        lines = ["| candidate | validation LDS | held-out LDS | |", "|---|---:|---:|---|"]
+        """A Markdown table: candidate, validation score, held-out LDS ± SE (over how many
+        examples), the chosen one marked."""
+        n = self.held_out_examples.numel()
+        lines = [
+            "| candidate | validation | held-out LDS | defined | |",
+            "|---|---:|---:|---:|---|",
+        ]
         for name, value in self.validation.items():
             lds, error = self.held_out[name]
             mark = "chosen" if name == self.best else ""
-            lines.append(f"| {name} | {value:.3f} | {lds:.3f} ± {error:.3f} | {mark} |")
+            lines.append(
+                f"| {name} | {value:.3f} | {lds:.3f} ± {error:.3f} | {self.defined[name]} / {n} "
+                f"| {mark} |"
+            )
         return "\n".join(lines)
+
+
+def _ranking_score(values: Tensor) -> float:
+    """Mean over every example, an undefined correlation counting 0 (it predicts nothing)."""
+    return float(torch.nan_to_num(values, nan=0.0).mean())
 
 
 def _mean_se(values: Tensor) -> tuple[float, float]:
@@ -65,14 +82,19 @@ def select_by_lds(
     *,
     validation_fraction: float = 0.5,
     seed: int = 0,
-) -> LdsSelection:
+) -> LdsSelectionResult:
     r"""The candidate whose attributions have the highest LDS on validation test examples, and
     every candidate's LDS on the held-out ones.
 
     The test examples of the ground truth are split at random (``seed``) into
-    ``round(validation_fraction * n_test)`` validation examples and the rest. Per-example LDS
-    (:func:`linear_datamodeling_score`) are averaged over each part; examples with an undefined
-    correlation are left out, as there. Ties go to the first candidate in ``candidates``' order.
+    ``floor(validation_fraction * n_test + 0.5)`` validation examples and the rest. The
+    candidates are ranked by the mean of their per-example LDS
+    (:func:`linear_datamodeling_score`) over every validation example, an undefined correlation
+    (constant predictions or outputs over the subsets) counting 0, so all candidates are compared
+    on the same examples and one that predicts nothing on most of them cannot win on the few
+    left. The held-out LDS leaves undefined examples out, as :func:`linear_datamodeling_score`
+    does, and ``defined`` says how many remain. Ties go to the first candidate in
+    ``candidates``' order.
 
     Args:
         candidates (Mapping): name -> ``(n_test, n_train)`` scores of the ground truth's test
@@ -86,12 +108,12 @@ def select_by_lds(
         seed (int): seed of the split. Default: 0.
 
     Returns:
-        LdsSelection: the chosen name, the validation and held-out LDS of every candidate, and
-        the split.
+        LdsSelectionResult: the chosen name, every candidate's validation score and held-out
+        LDS, and the split.
 
     Raises:
         ValueError: no candidates, a fraction outside (0, 1) or one that leaves a part empty,
-            or no candidate with a defined validation LDS.
+            or no candidate with a defined correlation on any validation example.
 
     Example::
 
@@ -116,7 +138,7 @@ def select_by_lds(
         except ValueError as error:
             raise ValueError(f"candidate {name!r}: {error}") from None
     n_test = next(iter(per_example.values())).numel()
-    n_val = round(float(validation_fraction) * n_test)
+    n_val = math.floor(float(validation_fraction) * n_test + 0.5)
     if not 0 < n_val < n_test:
         raise ValueError(
             f"validation_fraction {validation_fraction} of {n_test} test examples leaves a part "
@@ -124,13 +146,14 @@ def select_by_lds(
         )
     order = torch.randperm(n_test, generator=torch.Generator().manual_seed(int(seed)))
     val_index, test_index = order[:n_val].sort()[0], order[n_val:].sort()[0]
-    validation = {name: _mean_se(values[val_index])[0] for name, values in per_example.items()}
-    held_out = {name: _mean_se(values[test_index]) for name, values in per_example.items()}
-    defined = [name for name, value in validation.items() if math.isfinite(value)]
-    if not defined:
+    if not any(bool(torch.isfinite(v[val_index]).any()) for v in per_example.values()):
         raise ValueError(
-            "no candidate has a defined LDS on the validation examples (constant predictions or "
-            "outputs over the subsets)"
+            "no candidate has a defined correlation on any validation example (constant "
+            "predictions or outputs over the subsets)"
         )
-    best = max(defined, key=lambda name: (validation[name], -defined.index(name)))
-    return LdsSelection(best, validation, held_out, val_index, test_index)
+    validation = {name: _ranking_score(v[val_index]) for name, v in per_example.items()}
+    held_out = {name: _mean_se(v[test_index]) for name, v in per_example.items()}
+    defined = {name: int(torch.isfinite(v[test_index]).sum()) for name, v in per_example.items()}
+    names = list(validation)
+    best = max(names, key=lambda name: (validation[name], -names.index(name)))
+    return LdsSelectionResult(best, validation, held_out, defined, val_index, test_index)
