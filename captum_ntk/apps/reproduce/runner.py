@@ -189,7 +189,9 @@ def _predictions(logits: torch.Tensor) -> torch.Tensor:
 def _announce(spec: RowSpec, config: ReproduceConfig, data: RowData, log: Callable) -> dict:
     probe, _ = _network(spec, config, 10_000)
     settings = replace(spec.train, epochs=config.epochs or spec.train.epochs)
-    guess = estimate_seconds(probe, data, settings, config.device, config.memory_limit)
+    guess = estimate_seconds(
+        probe, data, settings, config.device, config.memory_limit, config.batch_size
+    )
     n_kernels = len(config.kernels or spec.kernels)
     total = config.seeds * (guess["train"] + n_kernels * guess["kernel"])
     line = (
