@@ -228,9 +228,9 @@ def test_memory_gb_reaches_the_estimate_and_the_kernels(mnist_root, tmp_path, mo
     seen: dict[str, list] = {"estimate": [], "attribution": []}
     real_estimate, real_attribution = runner.estimate_seconds, evaluate._attribution
 
-    def estimate(model, data, settings, device, memory_limit=None):
+    def estimate(model, data, settings, device, memory_limit=None, batch_size=64):
         seen["estimate"].append(memory_limit)
-        return real_estimate(model, data, settings, device, memory_limit)
+        return real_estimate(model, data, settings, device, memory_limit, batch_size)
 
     def attribution(*args, **kwargs):
         attr = real_attribution(*args, **kwargs)
