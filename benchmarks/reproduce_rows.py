@@ -85,6 +85,8 @@ def main() -> None:
         "--memory-gb", type=float, default=None, help="the kernels' block budget (reproduce's)"
     )
     args = parser.parse_args()
+    if args.memory_gb is not None and not args.memory_gb > 0:
+        parser.error(f"--memory-gb must be positive, got {args.memory_gb}")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
     _end_to_end()
