@@ -93,3 +93,11 @@ def test_the_runs_budget_and_block_are_timed(monkeypatch) -> None:
     assert costs.block == 3 and costs.block_bytes > 0
     assert costs.block_seconds > 0 and costs.pair_seconds > 0
     assert estimate._kernel_costs(model, torch.randn(40, 4), "cpu", 2 << 30, 2).block == 2
+
+
+def test_format_duration_picks_a_readable_unit() -> None:
+    day = 86400
+    assert [estimate.format_duration(s) for s in (42, 210, 3 * 3600, 4 * day, 3 * 365.25 * day)] == [
+        "42 s", "3.5 min", "3.0 h", "4.0 days", "3 years"
+    ]  # fmt: skip
+    assert estimate.format_duration(12345 * 365.25 * day) == "12,345 years"

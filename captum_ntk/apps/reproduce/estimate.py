@@ -23,14 +23,16 @@ __all__ = ["KernelCosts", "estimate_seconds", "feature_blocks", "format_duration
 
 
 def format_duration(seconds: float) -> str:
-    """``"42 s"``, ``"3.5 min"``, ``"2.1 h"`` or ``"4.0 days"``."""
+    """``"42 s"``, ``"3.5 min"``, ``"2.1 h"``, ``"4.0 days"`` or ``"12 years"``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    if seconds < 2 * 365.25 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365.25 * 86400):,.0f} years"
 
 
 def _slice(inputs: Any, n: int) -> Any:
