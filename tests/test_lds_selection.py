@@ -151,3 +151,19 @@ def test_select_by_lds_chooses_a_kglm_setting_on_a_retrained_digits_mlp() -> Non
     assert all(math.isfinite(v) for v in choice.validation.values())
     assert all(math.isfinite(lds) and error > 0 for lds, error in choice.held_out.values())
     assert choice.validation_examples.numel() + choice.held_out_examples.numel() == 40
+
+
+def test_mean_standard_error_ignores_what_is_not_finite() -> None:
+    from captum_ntk.apps.reproduce.report import mean_se
+    from captum_ntk.metrics.statistics import mean_standard_error
+
+    values = [0.2, None, float("nan"), 0.5, float("inf"), 0.8]
+    expected = (0.5, np.std([0.2, 0.5, 0.8], ddof=1) / math.sqrt(3))
+    for given in (values, torch.tensor([0.2, math.nan, 0.5, math.inf, 0.8], dtype=torch.float64)):
+        mean, se = mean_standard_error(given)
+        assert mean == pytest.approx(expected[0], abs=1e-12)
+        assert se == pytest.approx(expected[1], abs=1e-12)
+    assert mean_se is mean_standard_error  # the reproduce report's helper is this one
+    one = mean_standard_error([0.3])
+    assert one[0] == 0.3 and math.isnan(one[1])
+    assert all(math.isnan(v) for v in mean_standard_error([None, float("nan")]))

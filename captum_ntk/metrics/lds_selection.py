@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._checks import ArrayLike
 from .datamodels import linear_datamodeling_score
+from .statistics import mean_standard_error
 
 __all__ = ["LdsSelectionResult", "select_by_lds"]
 
@@ -64,15 +65,6 @@ class LdsSelectionResult:
 def _ranking_score(values: Tensor) -> float:
     """Mean over every example, an undefined correlation counting 0 (it predicts nothing)."""
     return float(torch.nan_to_num(values, nan=0.0).mean())
-
-
-def _mean_se(values: Tensor) -> tuple[float, float]:
-    finite = values[torch.isfinite(values)]
-    if finite.numel() == 0:
-        return math.nan, math.nan
-    if finite.numel() == 1:
-        return float(finite[0]), math.nan
-    return float(finite.mean()), float(finite.std() / math.sqrt(finite.numel()))
 
 
 def select_by_lds(
@@ -152,7 +144,7 @@ def select_by_lds(
             "predictions or outputs over the subsets)"
         )
     validation = {name: _ranking_score(v[val_index]) for name, v in per_example.items()}
-    held_out = {name: _mean_se(v[test_index]) for name, v in per_example.items()}
+    held_out = {name: mean_standard_error(v[test_index]) for name, v in per_example.items()}
     defined = {name: int(torch.isfinite(v[test_index]).sum()) for name, v in per_example.items()}
     names = list(validation)
     best = max(names, key=lambda name: (validation[name], -names.index(name)))

@@ -166,8 +166,7 @@ def select_alpha(
     few hundredths (``python benchmarks/alpha_selection.py``: the digits CNN's pNTK has LDS
     0.141 at the alpha 1e-2 chosen with the floor, 0.035 at the 1e-6 chosen without it; the
     MNIST 0/1 row of ``captum-ntk reproduce``: docs/reproduce.md). The chosen alpha is the
-    largest whose
-    score lies within one standard error of the best score (at the best alpha: the standard
+    largest whose score lies within one standard error of the best score (at the best alpha: the standard
     error of tau over the folds and that of the consistency over the held-out points,
     combined): where the curve is flat within its noise the choice goes to the more
     regularised, less cancelling kGLM instead of flipping with the last digits of the kernel.

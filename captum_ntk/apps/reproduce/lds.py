@@ -150,11 +150,11 @@ def row_lds(
         )[1]
         for r in results
     ]  # fmt: skip
-    stats = [mean_se(values.tolist()) for values in per_example]
+    stats = [mean_se(values) for values in per_example]
     return LdsMeasurement(
         values=[v for v, _ in stats],
         errors=[e for _, e in stats],
-        gaps=[mean_se((values - per_example[0]).tolist()) for values in per_example],
+        gaps=[mean_se(values - per_example[0]) for values in per_example],
         agreement=truth.run_agreement(),
         protocol=protocol,
     )

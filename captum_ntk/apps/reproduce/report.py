@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ...metrics.statistics import mean_standard_error as mean_se
 from ..demo.table import jsonable
 
 __all__ = ["aggregate", "format_lds", "format_summary", "jsonable", "mean_se", "write_outputs"]
@@ -18,15 +17,6 @@ _METRICS = ("tau_paper", "tau", "tad", "r_miss", "acc_nn", "acc_kglm", "r2_linea
 #: How far from the paper's tau_K a reproduced value may be and still count as reproduced (the
 #: paper's per-row spreads were not available offline; issue 18's bar).
 PAPER_TOLERANCE = 0.03
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (ddof 1) of the finite values; NaN where undefined."""
-    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if finite.size == 0:
-        return math.nan, math.nan
-    se = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else math.nan
-    return float(finite.mean()), se
 
 
 def aggregate(rows: list[dict[str, Any]], paper: dict[str, float]) -> list[dict[str, Any]]:
